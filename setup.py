@@ -1,0 +1,33 @@
+"""darts-tf: DARTS (Liu et al., ICLR 2019) for TensorFlow 2 / Keras 3."""
+from setuptools import find_packages, setup
+
+setup(
+    name="darts-tf",
+    version="0.1.0",
+    description="Differentiable Architecture Search (DARTS) for TensorFlow 2 and Keras 3",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["darts_tf", "darts_tf.*", "trainers", "trainers.*", "configs", "configs.*"]),
+    install_requires=[
+        "tensorflow>=2.21",
+        "keras>=3",
+        "tensorflow-datasets",
+        "keras-tuner",
+        "absl-py",
+        # keras-tuner imports tensorboard in every trial.
+        "tensorboard",
+        # tfds needs it to prepare data sets on Python 3.11.
+        "importlib_resources",
+        # Its bundled load_digits is the embedded default data set.
+        "scikit-learn",
+        # Cell drawings (PNG) written by the search.
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={
+        "console_scripts": [
+            "darts-search=trainers.search_main:main",
+        ],
+    },
+)
