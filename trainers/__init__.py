@@ -1,0 +1,1 @@
+"""Trainers: search, retraining, evaluation."""
