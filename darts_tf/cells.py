@@ -1,0 +1,162 @@
+"""Cells and the macro layout shared by the search and the fixed networks.
+
+Reference: quark0/darts `cnn/model_search.py` and `cnn/model.py` (reference
+section 8). A cell takes the outputs of the two previous cells (s0 = k-2,
+s1 = k-1), preprocesses them to C channels, computes `num_nodes` intermediate
+nodes and outputs their concatenation. The search and the fixed cell differ
+only in how an edge is computed: a mixed op over every primitive weighted by
+softmax(alpha), or the one op the genotype names.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+from darts_tf import ops
+from darts_tf.genotype import PRIMITIVES
+
+
+@dataclasses.dataclass(frozen=True)
+class CellSpec:
+    """Where a cell sits: what it reduces and how many channels it sees and makes."""
+
+    reduction: bool
+    reduction_prev: bool
+    prev_prev_channels: int
+    prev_channels: int
+    channels: int
+
+
+def reduction_indices(num_cells: int) -> tuple[int, int]:
+    """Reduction cells sit at 1/3 and 2/3 of the depth (reference: layers//3, 2*layers//3)."""
+    return num_cells // 3, 2 * num_cells // 3
+
+
+def cell_layout(num_cells: int, init_channels: int, stem_channels: int, multiplier: int,
+                reduction_prev: bool = False) -> list[CellSpec]:
+    """The channel bookkeeping of the reference networks, cell by cell.
+
+    Args:
+      num_cells: number of cells.
+      init_channels: C of the first cells; doubled at each reduction.
+      stem_channels: channels the stem outputs (both s0 and s1 of the first cell).
+      multiplier: number of nodes a cell concatenates (its output is multiplier * C).
+      reduction_prev: whether the first cell's s0 comes from a reducing stem (ImageNet).
+    """
+    specs = []
+    c_pp, c_p, c = stem_channels, stem_channels, init_channels
+    reductions = reduction_indices(num_cells)
+    for i in range(num_cells):
+        reduction = i in reductions
+        if reduction:
+            c *= 2
+        specs.append(CellSpec(reduction, reduction_prev, c_pp, c_p, c))
+        reduction_prev = reduction
+        c_pp, c_p = c_p, multiplier * c
+    return specs
+
+
+def _preprocess(spec: CellSpec, affine: bool):
+    if spec.reduction_prev:
+        pre0 = ops.FactorizedReduce(spec.prev_prev_channels, spec.channels, affine, name="preprocess0")
+    else:
+        pre0 = ops.ReLUConvBN(spec.prev_prev_channels, spec.channels, 1, 1, 0, affine,
+                              name="preprocess0")
+    pre1 = ops.ReLUConvBN(spec.prev_channels, spec.channels, 1, 1, 0, affine, name="preprocess1")
+    pre0.build(None)
+    pre1.build(None)
+    return pre0, pre1
+
+
+class MixedOp(keras.layers.Layer):
+    """sum_k w_k * op_k(x) over the primitives; `none` is skipped (its output is zero)."""
+
+    def __init__(self, channels, stride, primitives=PRIMITIVES, **kwargs):
+        super().__init__(**kwargs)
+        self.channels, self.stride, self.primitives = channels, stride, tuple(primitives)
+        self._indices = [i for i, p in enumerate(self.primitives) if p != "none"]
+        self.candidates = [
+            ops.make_op(self.primitives[i], channels, stride, affine=False, search=True,
+                        name=self.primitives[i]) for i in self._indices]
+        self.built = True
+
+    def call(self, x, weights, training=None):
+        """`weights`: this edge's softmax(alpha) row, one weight per primitive."""
+        weights = tf.cast(weights, x.dtype)
+        return tf.add_n([weights[i] * op(x, training=training)
+                         for i, op in zip(self._indices, self.candidates)])
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels, "stride": self.stride,
+                "primitives": list(self.primitives)}
+
+
+def num_edges(num_nodes: int) -> int:
+    """Edges of a search cell: node i has 2 + i inputs (14 for 4 nodes)."""
+    return sum(2 + i for i in range(num_nodes))
+
+
+class SearchCell(keras.layers.Layer):
+    """A search cell: a mixed op on every edge; all nodes concatenated."""
+
+    def __init__(self, spec: CellSpec, num_nodes=4, primitives=PRIMITIVES, **kwargs):
+        super().__init__(**kwargs)
+        self.spec, self.num_nodes, self.primitives = spec, num_nodes, tuple(primitives)
+        self.preprocess0, self.preprocess1 = _preprocess(spec, affine=False)
+        self.edges = []
+        for i in range(num_nodes):
+            for j in range(2 + i):
+                stride = 2 if spec.reduction and j < 2 else 1
+                self.edges.append(MixedOp(spec.channels, stride, self.primitives,
+                                          name=f"edge_{i + 2}_{j}"))
+        self.built = True
+
+    def call(self, s0, s1, weights, training=None):
+        """`weights`: softmax(alpha) of this cell type, (num_edges, num_primitives)."""
+        states = [self.preprocess0(s0, training=training), self.preprocess1(s1, training=training)]
+        offset = 0
+        for _ in range(self.num_nodes):
+            node = tf.add_n([self.edges[offset + j](h, weights[offset + j], training=training)
+                             for j, h in enumerate(states)])
+            offset += len(states)
+            states.append(node)
+        return tf.concat(states[2:], axis=-1)
+
+
+class FixedCell(keras.layers.Layer):
+    """A cell of a genotype: two chosen ops per node, drop path on all but identity."""
+
+    def __init__(self, spec: CellSpec, op_names, indices, concat, **kwargs):
+        super().__init__(**kwargs)
+        self.spec, self.op_names, self.indices, self.concat = (
+            spec, tuple(op_names), tuple(indices), tuple(concat))
+        self.preprocess0, self.preprocess1 = _preprocess(spec, affine=True)
+        self.ops = []
+        for k, (name, index) in enumerate(zip(self.op_names, self.indices)):
+            stride = 2 if spec.reduction and index < 2 else 1
+            self.ops.append(ops.make_op(name, spec.channels, stride, affine=True,
+                                        name=f"node_{k // 2 + 2}_{k % 2}_{name}"))
+        self.seed_generator = keras.random.SeedGenerator(0, name="drop_path_seed")
+        self.built = True
+
+    def _drop_path(self, x, drop_prob):
+        """Per-sample drop: keep with probability 1 - p, scale by 1 / (1 - p)."""
+        keep = 1.0 - tf.cast(drop_prob, x.dtype)
+        shape = tf.stack([tf.shape(x)[0], 1, 1, 1])
+        mask = tf.floor(keep + keras.random.uniform(shape, dtype=x.dtype, seed=self.seed_generator))
+        return x / keep * mask
+
+    def call(self, s0, s1, drop_prob=None, training=None):
+        states = [self.preprocess0(s0, training=training), self.preprocess1(s1, training=training)]
+        for i in range(len(self.ops) // 2):
+            node = []
+            for op, index in zip(self.ops[2 * i:2 * i + 2], self.indices[2 * i:2 * i + 2]):
+                h = op(states[index], training=training)
+                if training and drop_prob is not None and not isinstance(op, ops.Identity):
+                    # At drop_prob 0 the mask is all ones: the same function, no branch.
+                    h = self._drop_path(h, drop_prob)
+                node.append(h)
+            states.append(node[0] + node[1])
+        return tf.concat([states[i] for i in self.concat], axis=-1)

@@ -1,0 +1,199 @@
+"""Fixed networks rebuilt from a genotype (reference `cnn/model.py`, section 8).
+
+`NetworkCIFAR` (C=36, 20 cells) and `NetworkImageNet` (C=48, 14 cells) share
+the cell layout and the ops with the supernet; only the stems, the auxiliary
+heads and the final pooling differ. `call(x)` returns the logits;
+`call(x, training=True, return_aux=True)` returns `(logits, aux_logits)` for
+the training loss (`aux_logits` is None without an auxiliary head).
+
+Drop path: `drop_path_rate` is the final rate; the current one is the
+non-trainable variable `drop_path_prob` (the retrain loop ramps it linearly over
+the epochs as the reference does), read inside the traced step so changing it
+never retraces.
+"""
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from darts_tf import cells, ops
+from darts_tf.genotype import Genotype, load_genotype
+from darts_tf.supernet import Classifier, Stem
+
+
+class AuxiliaryHead(ops.Op):
+    """ReLU -> AvgPool 5 (stride 3 CIFAR / 2 ImageNet, no padding) -> conv1x1 128 -> BN ->
+    ReLU -> conv2x2 768 -> BN (CIFAR only: the reference omits it for ImageNet) -> ReLU -> linear."""
+
+    def __init__(self, in_channels, num_classes, pool_stride=3, last_bn=True, **kwargs):
+        super().__init__(**kwargs)
+        self.in_channels, self.num_classes = in_channels, num_classes
+        self.pool_stride, self.last_bn = pool_stride, last_bn
+
+    def build(self, input_shape=None):
+        self.kernel_1 = self._kernel("kernel_1", (1, 1, self.in_channels, 128))
+        self._bn_1 = self._batch_norm("bn_1", 128, affine=True)
+        self.kernel_2 = self._kernel("kernel_2", (2, 2, 128, 768))
+        if self.last_bn:
+            self._bn_2 = self._batch_norm("bn_2", 768, affine=True)
+        self.classifier = Classifier(768, self.num_classes, name="classifier")
+        self.classifier.build(None)
+        self.built = True
+
+    def call(self, x, training=None):
+        x = tf.nn.avg_pool2d(tf.nn.relu(x), 5, self.pool_stride, "VALID")
+        x = tf.nn.relu(self._bn(ops._conv(x, self.kernel_1), self._bn_1, training))  # pylint: disable=protected-access
+        x = ops._conv(x, self.kernel_2)  # pylint: disable=protected-access
+        if self.last_bn:
+            x = self._bn(x, self._bn_2, training)
+        x = tf.nn.relu(x)
+        return self.classifier(tf.reshape(x, [tf.shape(x)[0], 768]))
+
+    def get_config(self):
+        return {**super().get_config(), "in_channels": self.in_channels,
+                "num_classes": self.num_classes, "pool_stride": self.pool_stride,
+                "last_bn": self.last_bn}
+
+
+class ImageNetStem(ops.Op):
+    """stem0: conv3x3/2 (C/2) BN ReLU conv3x3/2 (C) BN; stem1: ReLU conv3x3/2 (C) BN."""
+
+    def __init__(self, in_channels, channels, **kwargs):
+        super().__init__(**kwargs)
+        self.in_channels, self.channels = in_channels, channels
+
+    def build(self, input_shape=None):
+        c = self.channels
+        self.kernel_0a = self._kernel("kernel_0a", (3, 3, self.in_channels, c // 2))
+        self._bn_0a = self._batch_norm("bn_0a", c // 2, affine=True)
+        self.kernel_0b = self._kernel("kernel_0b", (3, 3, c // 2, c))
+        self._bn_0b = self._batch_norm("bn_0b", c, affine=True)
+        self.kernel_1 = self._kernel("kernel_1", (3, 3, c, c))
+        self._bn_1 = self._batch_norm("bn_1", c, affine=True)
+        self.built = True
+
+    def call(self, x, training=None):
+        """Returns (s0, s1): the outputs of stem0 and stem1."""
+        x = tf.nn.relu(self._bn(ops._conv(x, self.kernel_0a, 2, 1), self._bn_0a, training))  # pylint: disable=protected-access
+        s0 = self._bn(ops._conv(x, self.kernel_0b, 2, 1), self._bn_0b, training)  # pylint: disable=protected-access
+        s1 = self._bn(ops._conv(tf.nn.relu(s0), self.kernel_1, 2, 1), self._bn_1, training)  # pylint: disable=protected-access
+        return s0, s1
+
+    def get_config(self):
+        return {**super().get_config(), "in_channels": self.in_channels, "channels": self.channels}
+
+
+for _cls in (AuxiliaryHead, ImageNetStem):
+    keras.saving.register_keras_serializable(package="darts_tf")(_cls)
+
+
+class _FixedNetwork(keras.Model):
+    """Shared by the CIFAR and ImageNet networks: cells, auxiliary head, classifier."""
+
+    _imagenet = False
+
+    def __init__(self, genotype, num_classes, init_channels, num_cells, auxiliary,
+                 drop_path_rate, input_channels=3, **kwargs):
+        super().__init__(**kwargs)
+        genotype = load_genotype(genotype) if not isinstance(genotype, Genotype) else genotype
+        for name, value, low in (("num_classes", num_classes, 1), ("init_channels", init_channels, 2),
+                                 ("num_cells", num_cells, 3), ("input_channels", input_channels, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{type(self).__name__}: {name} must be an integer >= {low}. "
+                                 f"Received: {name}={value!r}")
+        if not 0.0 <= float(drop_path_rate) < 1.0:
+            raise ValueError(f"{type(self).__name__}: drop_path_rate must be in [0, 1). "
+                             f"Received: drop_path_rate={drop_path_rate!r}")
+        self.genotype, self.num_classes, self.init_channels = genotype, num_classes, init_channels
+        self.num_cells, self.auxiliary, self.input_channels = num_cells, bool(auxiliary), input_channels
+        self.drop_path_rate = float(drop_path_rate)
+        multiplier = len(genotype.normal_concat)
+        if self._imagenet:
+            self.stem = ImageNetStem(input_channels, init_channels, name="stem")
+            layout = cells.cell_layout(num_cells, init_channels, init_channels, multiplier,
+                                       reduction_prev=True)
+        else:
+            stem_channels = 3 * init_channels
+            self.stem = Stem(input_channels, stem_channels, name="stem")
+            layout = cells.cell_layout(num_cells, init_channels, stem_channels, multiplier)
+        self.stem.build(None)
+        self.cells = []
+        for i, spec in enumerate(layout):
+            pairs, concat = ((genotype.reduce, genotype.reduce_concat) if spec.reduction
+                             else (genotype.normal, genotype.normal_concat))
+            self.cells.append(cells.FixedCell(spec, [p[0] for p in pairs], [p[1] for p in pairs],
+                                              concat, name=f"cell_{i}"))
+        self.aux_index = 2 * num_cells // 3
+        if self.auxiliary:
+            aux_channels = multiplier * layout[self.aux_index].channels
+            self.auxiliary_head = AuxiliaryHead(
+                aux_channels, num_classes, pool_stride=2 if self._imagenet else 3,
+                last_bn=not self._imagenet, name="auxiliary_head")
+            self.auxiliary_head.build(None)
+        self.classifier = Classifier(multiplier * layout[-1].channels, num_classes,
+                                     name="classifier")
+        self.classifier.build(None)
+        self.drop_path_prob = self.add_weight(
+            name="drop_path_prob", shape=(), trainable=False,
+            initializer=keras.initializers.Constant(self.drop_path_rate))
+        # Not marked built: the first call records the input shape (model.export needs it);
+        # build() itself has nothing left to create.
+
+    def build(self, input_shape=None):
+        self.built = True
+
+    def call(self, inputs, training=None, return_aux=False):
+        if self._imagenet:
+            s0, s1 = self.stem(inputs, training=training)
+        else:
+            s0 = s1 = self.stem(inputs, training=training)
+        drop_prob = tf.convert_to_tensor(self.drop_path_prob)
+        aux_logits = None
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, drop_prob, training=training)
+            if i == self.aux_index and self.auxiliary and training and return_aux:
+                aux_logits = self.auxiliary_head(s1, training=training)
+        logits = self.classifier(s1)
+        return (logits, aux_logits) if return_aux else logits
+
+    def count_params(self, include_auxiliary=True) -> int:
+        """Trainable parameters; `include_auxiliary=False` counts as the reference reports."""
+        variables = self.trainable_variables
+        if not include_auxiliary and self.auxiliary:
+            aux = {id(v) for v in self.auxiliary_head.trainable_variables}
+            variables = [v for v in variables if id(v) not in aux]
+        return int(sum(v.numpy().size for v in variables))
+
+    def get_config(self):
+        return {"name": self.name, "genotype": self.genotype.to_dict(),
+                "num_classes": self.num_classes, "init_channels": self.init_channels,
+                "num_cells": self.num_cells, "auxiliary": self.auxiliary,
+                "drop_path_rate": self.drop_path_rate, "input_channels": self.input_channels}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["genotype"] = Genotype.from_dict(config["genotype"], source="model config")
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="darts_tf")
+class NetworkCIFAR(_FixedNetwork):
+    """The CIFAR evaluation network (reference: C=36, 20 cells, auxiliary head after cell 13)."""
+
+    def __init__(self, genotype, num_classes=10, init_channels=36, num_cells=20, auxiliary=True,
+                 drop_path_rate=0.2, input_channels=3, **kwargs):
+        super().__init__(genotype, num_classes, init_channels, num_cells, auxiliary,
+                         drop_path_rate, input_channels, **kwargs)
+
+
+@keras.saving.register_keras_serializable(package="darts_tf")
+class NetworkImageNet(_FixedNetwork):
+    """The ImageNet mobile network (reference: C=48, 14 cells, 224x224 input, no drop path)."""
+
+    _imagenet = True
+
+    def __init__(self, genotype, num_classes=1000, init_channels=48, num_cells=14,
+                 auxiliary=True, drop_path_rate=0.0, input_channels=3, **kwargs):
+        super().__init__(genotype, num_classes, init_channels, num_cells, auxiliary,
+                         drop_path_rate, input_channels, **kwargs)

@@ -1,0 +1,321 @@
+"""The DARTS primitives, built exactly as the reference builds them.
+
+Reference: quark0/darts `cnn/operations.py` (see ../shared/DARTS_REFERENCE.md
+section 3). Every op is one Keras layer that owns its variables and computes
+with plain TensorFlow ops: a supernet holds 8 cells x 14 edges x 7 ops, and the
+time to trace a step grows with the number of Keras layer calls and graph ops,
+so each op is one layer call rather than a stack of ReLU/Conv/BN layers.
+
+Layout is NHWC. Padding is PyTorch's explicit symmetric padding (k // 2 each
+side; 2 and 4 for the dilated 3x3 / 5x5), not Keras' "same", which pads
+asymmetrically at stride 2 and so computes a different function (reference
+section 8). Average pooling divides by the number of valid (unpadded) elements
+(`count_include_pad=False`), max pooling pads with -inf.
+
+Variables are created in `build()`, which only needs the channel counts given to
+the constructor, so containers build their children explicitly and Keras never
+has to trace a call to learn shapes (that took minutes on a full supernet).
+
+BatchNorm follows PyTorch: momentum 0.1 (Keras 0.9), eps 1e-5, unbiased
+variance in the running estimate, biased variance to normalise. Moving
+statistics are created with `aggregation="mean"` so that under a
+`tf.distribute` strategy replicas average them instead of silently diverging.
+`affine=False` (the search network) creates no scale or offset.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+from darts_tf.genotype import PRIMITIVES
+
+BN_MOMENTUM = 0.1  # PyTorch convention: new = (1 - m) * old + m * batch
+BN_EPSILON = 1e-5
+
+
+class Op(keras.layers.Layer):
+    """Base class: helpers to create conv kernels and batch norms on a layer."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._bns = []
+
+    def _kernel(self, name, shape):
+        return self.add_weight(name=name, shape=shape, initializer="he_normal")
+
+    def _batch_norm(self, name, channels, affine):
+        """Creates the variables of one BN; returns an index for `_bn`."""
+        variables = {
+            "moving_mean": self.add_weight(
+                name=f"{name}_moving_mean", shape=(channels,), initializer="zeros",
+                trainable=False, autocast=False, aggregation="mean"),
+            "moving_variance": self.add_weight(
+                name=f"{name}_moving_variance", shape=(channels,), initializer="ones",
+                trainable=False, autocast=False, aggregation="mean"),
+        }
+        if affine:
+            variables["gamma"] = self.add_weight(
+                name=f"{name}_gamma", shape=(channels,), initializer="ones", autocast=False)
+            variables["beta"] = self.add_weight(
+                name=f"{name}_beta", shape=(channels,), initializer="zeros", autocast=False)
+        self._bns.append(variables)
+        return len(self._bns) - 1
+
+    def _bn(self, x, index, training):
+        """Batch norm in float32 (also under mixed precision), cast back to x's dtype."""
+        v = self._bns[index]
+        dtype = x.dtype
+        x = tf.cast(x, tf.float32)
+        if training:
+            mean, variance = tf.nn.moments(x, axes=[0, 1, 2])
+            n = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)
+            unbiased = variance * n / tf.maximum(n - 1.0, 1.0)
+            v["moving_mean"].assign(
+                (1.0 - BN_MOMENTUM) * v["moving_mean"] + BN_MOMENTUM * mean)
+            v["moving_variance"].assign(
+                (1.0 - BN_MOMENTUM) * v["moving_variance"] + BN_MOMENTUM * unbiased)
+        else:
+            mean, variance = v["moving_mean"], v["moving_variance"]
+        y = tf.nn.batch_normalization(
+            x, mean, variance, v.get("beta"), v.get("gamma"), BN_EPSILON)
+        return tf.cast(y, dtype)
+
+    def _cast_kernel(self, kernel, x):
+        return tf.cast(kernel, x.dtype)
+
+
+def _conv(x, kernel, stride=1, padding=0, dilation=1):
+    """A full conv with PyTorch padding semantics."""
+    pads = [[0, 0], [padding, padding], [padding, padding], [0, 0]]
+    return tf.nn.conv2d(x, tf.cast(kernel, x.dtype), strides=stride, padding=pads if padding else "VALID",
+                        dilations=dilation)
+
+
+def _depthwise(x, kernel, stride=1, padding=0, dilation=1):
+    """A depthwise conv with PyTorch padding semantics.
+
+    TensorFlow refuses stride 2 together with dilation 2. With an even padding p,
+    out[i] = sum_k w[k] x[2i + 2k - p] = sum_k w[k] x_sub[i + k - p/2] where
+    x_sub = x[::2]: the same function as a stride-1, dilation-1 conv over every
+    other pixel with the padding halved.
+    """
+    if stride > 1 and dilation > 1:
+        assert stride == dilation == 2 and padding % 2 == 0, (stride, dilation, padding)
+        x = x[:, ::2, ::2, :]
+        stride, dilation, padding = 1, 1, padding // 2
+    if padding:
+        x = tf.pad(x, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
+    return tf.nn.depthwise_conv2d(x, tf.cast(kernel, x.dtype), strides=[1, stride, stride, 1],
+                                  padding="VALID", dilations=[dilation, dilation])
+
+
+class Zero(Op):
+    """`none`: zeros, subsampled at stride 2 (reference `Zero`)."""
+
+    def __init__(self, stride=1, **kwargs):
+        super().__init__(**kwargs)
+        self.stride = stride
+
+    def build(self, input_shape=None):
+        self.built = True
+
+    def call(self, x, training=None):
+        return tf.zeros_like(x[:, ::self.stride, ::self.stride, :])
+
+    def get_config(self):
+        return {**super().get_config(), "stride": self.stride}
+
+
+class Identity(Op):
+    """`skip_connect` at stride 1."""
+
+    def build(self, input_shape=None):
+        self.built = True
+
+    def call(self, x, training=None):
+        return x
+
+
+class Pool(Op):
+    """3x3 max or average pooling, padding 1; optional BN(affine=False) as in the search."""
+
+    def __init__(self, mode, channels, stride=1, batch_norm=False, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("max", "avg"):
+            raise ValueError(f"Pool mode must be 'max' or 'avg'. Received: mode={mode!r}")
+        self.mode, self.channels, self.stride, self.batch_norm = mode, channels, stride, batch_norm
+
+    def build(self, input_shape=None):
+        if self.batch_norm:
+            self._bn_index = self._batch_norm("bn", self.channels, affine=False)
+        self.built = True
+
+    def call(self, x, training=None):
+        pads = [[0, 0], [1, 1], [1, 1], [0, 0]]
+        window, strides = [1, 3, 3, 1], [1, self.stride, self.stride, 1]
+        if self.mode == "max":
+            y = tf.nn.max_pool2d(tf.pad(x, pads, constant_values=float("-inf")), 3,
+                                 self.stride, "VALID")
+        else:
+            summed = tf.nn.avg_pool2d(tf.pad(x, pads), window, strides, "VALID")
+            # Divide by the valid elements only: count them on a ones map (static shape).
+            ones = tf.ones_like(x[:1, :, :, :1])
+            count = tf.nn.avg_pool2d(tf.pad(ones, pads), window, strides, "VALID")
+            y = summed / count
+        if self.batch_norm:
+            y = self._bn(y, self._bn_index, training)
+        return y
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode, "channels": self.channels,
+                "stride": self.stride, "batch_norm": self.batch_norm}
+
+
+class ReLUConvBN(Op):
+    """ReLU -> conv k x k (stride, padding) -> BN."""
+
+    def __init__(self, in_channels, out_channels, kernel_size=1, stride=1, padding=0,
+                 affine=True, **kwargs):
+        super().__init__(**kwargs)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding, self.affine = (
+            kernel_size, stride, padding, affine)
+
+    def build(self, input_shape=None):
+        k = self.kernel_size
+        self.kernel = self._kernel("kernel", (k, k, self.in_channels, self.out_channels))
+        self._bn_index = self._batch_norm("bn", self.out_channels, self.affine)
+        self.built = True
+
+    def call(self, x, training=None):
+        y = _conv(tf.nn.relu(x), self.kernel, self.stride, self.padding)
+        return self._bn(y, self._bn_index, training)
+
+    def get_config(self):
+        return {**super().get_config(), "in_channels": self.in_channels,
+                "out_channels": self.out_channels, "kernel_size": self.kernel_size,
+                "stride": self.stride, "padding": self.padding, "affine": self.affine}
+
+
+class FactorizedReduce(Op):
+    """ReLU -> concat[conv1x1/2 on x, conv1x1/2 on x shifted by one pixel] -> BN."""
+
+    def __init__(self, in_channels, out_channels, affine=True, **kwargs):
+        super().__init__(**kwargs)
+        if out_channels % 2:
+            raise ValueError("FactorizedReduce needs an even number of output channels. "
+                             f"Received: out_channels={out_channels}")
+        self.in_channels, self.out_channels, self.affine = in_channels, out_channels, affine
+
+    def build(self, input_shape=None):
+        half = self.out_channels // 2
+        self.kernel_1 = self._kernel("kernel_1", (1, 1, self.in_channels, half))
+        self.kernel_2 = self._kernel("kernel_2", (1, 1, self.in_channels, half))
+        self._bn_index = self._batch_norm("bn", self.out_channels, self.affine)
+        self.built = True
+
+    def call(self, x, training=None):
+        x = tf.nn.relu(x)
+        # A 1x1 conv at stride 2 reads pixels (2i, 2j); the second path reads (2i+1, 2j+1).
+        y = tf.concat([_conv(x[:, ::2, ::2, :], self.kernel_1),
+                       _conv(x[:, 1::2, 1::2, :], self.kernel_2)], axis=-1)
+        return self._bn(y, self._bn_index, training)
+
+    def get_config(self):
+        return {**super().get_config(), "in_channels": self.in_channels,
+                "out_channels": self.out_channels, "affine": self.affine}
+
+
+class SepConv(Op):
+    """(ReLU -> depthwise k x k -> pointwise 1x1 -> BN) twice; the stride on the first."""
+
+    def __init__(self, channels, kernel_size, stride=1, affine=True, **kwargs):
+        super().__init__(**kwargs)
+        self.channels, self.kernel_size, self.stride, self.affine = (
+            channels, kernel_size, stride, affine)
+
+    def build(self, input_shape=None):
+        c, k = self.channels, self.kernel_size
+        self.depthwise_1 = self._kernel("depthwise_1", (k, k, c, 1))
+        self.pointwise_1 = self._kernel("pointwise_1", (1, 1, c, c))
+        self._bn_1 = self._batch_norm("bn_1", c, self.affine)
+        self.depthwise_2 = self._kernel("depthwise_2", (k, k, c, 1))
+        self.pointwise_2 = self._kernel("pointwise_2", (1, 1, c, c))
+        self._bn_2 = self._batch_norm("bn_2", c, self.affine)
+        self.built = True
+
+    def call(self, x, training=None):
+        pad = self.kernel_size // 2
+        y = _depthwise(tf.nn.relu(x), self.depthwise_1, self.stride, pad)
+        y = self._bn(_conv(y, self.pointwise_1), self._bn_1, training)
+        y = _depthwise(tf.nn.relu(y), self.depthwise_2, 1, pad)
+        return self._bn(_conv(y, self.pointwise_2), self._bn_2, training)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels,
+                "kernel_size": self.kernel_size, "stride": self.stride, "affine": self.affine}
+
+
+class DilConv(Op):
+    """ReLU -> depthwise k x k dilation 2 -> pointwise 1x1 -> BN (once)."""
+
+    def __init__(self, channels, kernel_size, stride=1, dilation=2, affine=True, **kwargs):
+        super().__init__(**kwargs)
+        self.channels, self.kernel_size, self.stride, self.dilation, self.affine = (
+            channels, kernel_size, stride, dilation, affine)
+
+    def build(self, input_shape=None):
+        c, k = self.channels, self.kernel_size
+        self.depthwise = self._kernel("depthwise", (k, k, c, 1))
+        self.pointwise = self._kernel("pointwise", (1, 1, c, c))
+        self._bn_index = self._batch_norm("bn", c, self.affine)
+        self.built = True
+
+    def call(self, x, training=None):
+        pad = self.dilation * (self.kernel_size - 1) // 2
+        y = _depthwise(tf.nn.relu(x), self.depthwise, self.stride, pad, self.dilation)
+        return self._bn(_conv(y, self.pointwise), self._bn_index, training)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels,
+                "kernel_size": self.kernel_size, "stride": self.stride,
+                "dilation": self.dilation, "affine": self.affine}
+
+
+def _skip(channels, stride, affine, name):
+    if stride == 1:
+        return Identity(name=name)
+    return FactorizedReduce(channels, channels, affine=affine, name=name)
+
+
+# name -> factory(channels, stride, affine, search, name). `search=True` adds the
+# BN(affine=False) the reference's search MixedOp puts after each pooling op.
+OPS: dict[str, Callable[..., Op]] = {
+    "none": lambda c, s, affine, search, name: Zero(s, name=name),
+    "max_pool_3x3": lambda c, s, affine, search, name: Pool("max", c, s, search, name=name),
+    "avg_pool_3x3": lambda c, s, affine, search, name: Pool("avg", c, s, search, name=name),
+    "skip_connect": lambda c, s, affine, search, name: _skip(c, s, affine, name),
+    "sep_conv_3x3": lambda c, s, affine, search, name: SepConv(c, 3, s, affine, name=name),
+    "sep_conv_5x5": lambda c, s, affine, search, name: SepConv(c, 5, s, affine, name=name),
+    "dil_conv_3x3": lambda c, s, affine, search, name: DilConv(c, 3, s, 2, affine, name=name),
+    "dil_conv_5x5": lambda c, s, affine, search, name: DilConv(c, 5, s, 2, affine, name=name),
+}
+assert tuple(OPS) == PRIMITIVES
+
+
+def make_op(op_name: str, channels: int, stride: int, affine: bool, search: bool = False,
+            name: str | None = None) -> Op:
+    """Builds primitive `op_name` (one of `OPS`) on `channels` channels, already built."""
+    if op_name not in OPS:
+        raise ValueError(f"Unknown op {op_name!r}; expected one of {sorted(OPS)}.")
+    if stride not in (1, 2):
+        raise ValueError(f"Op stride must be 1 or 2. Received: stride={stride}")
+    op = OPS[op_name](channels, stride, affine, search, name)
+    op.build(None)
+    return op
+
+
+for _cls in (Op, Zero, Identity, Pool, ReLUConvBN, FactorizedReduce, SepConv, DilConv):
+    keras.saving.register_keras_serializable(package="darts_tf")(_cls)
