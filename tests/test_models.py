@@ -1,0 +1,212 @@
+"""Supernet and fixed networks: parameter counts, shapes, variables, round trips, export.
+
+The pinned counts are the reference implementation's (quark0/darts, counted in
+PyTorch by tools/reference_fixtures.py, see tests/data/reference_counts.json).
+"""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import darts_tf
+from darts_tf import cells, genotypes, search_space
+from darts_tf.networks import NetworkCIFAR, NetworkImageNet
+from darts_tf.supernet import Supernet
+
+DATA = pathlib.Path(__file__).parent / "data"
+
+
+def _count(variables):
+    return int(sum(np.prod(v.shape) for v in variables))
+
+
+def _reference_counts():
+    return json.loads((DATA / "reference_counts.json").read_text())
+
+
+def test_supernet_counts_match_reference():
+    model = Supernet(num_classes=10, init_channels=16, num_cells=8)
+    # quark0's train_search.py logs "param size = 1.930618MB" for this configuration.
+    assert _count(model.weight_variables) == 1_930_618
+    assert _count(model.arch_variables) == 224
+    assert [tuple(v.shape) for v in model.arch_variables] == [(14, 8), (14, 8)]
+    # BN running statistics: the reference's buffers, element for element.
+    assert _count(model.non_trainable_variables) == 74_592
+    reference = _reference_counts()["search_network"]
+    assert (reference["params"], reference["alphas"]) == (1_930_618, 224)
+
+
+def test_arch_and_weight_variables_disjoint_and_covering():
+    model = Supernet(num_classes=10, init_channels=4, num_cells=3, num_nodes=2)
+    arch = {id(v) for v in model.arch_variables}
+    weights = {id(v) for v in model.weight_variables}
+    assert not arch & weights
+    assert arch | weights == {id(v) for v in model.trainable_variables}
+    assert search_space.arch_variables(model) == model.arch_variables
+    # BN moving statistics are not trainable and are averaged across replicas.
+    assert all(v.aggregation == "mean" for v in model.non_trainable_variables)
+
+
+def test_alpha_init_is_small_and_distinct():
+    model = Supernet(num_classes=10, init_channels=4, num_cells=3, num_nodes=2)
+    normal, reduce = (v.numpy() for v in model.arch_variables)
+    assert 1e-4 < normal.std() < 1e-2 and 1e-4 < reduce.std() < 1e-2
+    assert not np.allclose(normal, reduce)
+
+
+@pytest.mark.parametrize("genotype,no_aux,with_aux", [
+    ("DARTS_V2", 3_349_342, 3_825_768),
+    ("DARTS_V1", 3_169_414, 3_645_840),
+])
+def test_cifar_counts_match_reference(genotype, no_aux, with_aux):
+    model = NetworkCIFAR(getattr(genotypes, genotype), num_classes=10)
+    assert model.count_params(include_auxiliary=False) == no_aux
+    assert model.count_params(include_auxiliary=True) == with_aux
+    reference = _reference_counts()["cifar"][genotype]["auxiliary"]
+    assert (reference["excluding_auxiliary"], reference["total"]) == (no_aux, with_aux)
+
+
+def test_imagenet_counts_match_reference():
+    model = NetworkImageNet(genotypes.DARTS_V2, num_classes=1000)
+    assert model.count_params(include_auxiliary=False) == 4_718_752
+    assert model.count_params(include_auxiliary=True) == 5_979_528
+
+
+def test_cell_layout_reference_positions():
+    layout = cells.cell_layout(20, 36, 108, 4)
+    assert [i for i, s in enumerate(layout) if s.reduction] == [6, 13]
+    assert [s.channels for s in layout][5:8] == [36, 72, 72]
+    assert layout[7].reduction_prev and not layout[8].reduction_prev
+    assert (layout[0].prev_prev_channels, layout[0].prev_channels) == (108, 108)
+    assert (layout[1].prev_prev_channels, layout[1].prev_channels) == (108, 144)
+
+
+def test_shapes_after_each_reduction():
+    model = Supernet(num_classes=7, init_channels=4, num_cells=5, num_nodes=2)
+    x = tf.random.normal((2, 16, 16, 3))
+    s0 = s1 = model.stem(x, training=False)
+    weights = tf.nn.softmax(model.alpha_normal)
+    shapes = []
+    for cell in model.cells:
+        s0, s1 = s1, cell(s0, s1, weights, training=False)
+        shapes.append(tuple(s1.shape))
+    # Reductions at cells 1 and 3; a cell outputs num_nodes * C channels.
+    assert shapes == [(2, 16, 16, 8), (2, 8, 8, 16), (2, 8, 8, 16), (2, 4, 4, 32), (2, 4, 4, 32)]
+    assert tuple(model(x).shape) == (2, 7)
+
+
+def test_imagenet_shapes_and_aux():
+    model = NetworkImageNet(genotypes.DARTS_V2, num_classes=5, init_channels=8, num_cells=3)
+    logits, aux = model(tf.random.normal((1, 224, 224, 3)), training=True, return_aux=True)
+    assert tuple(logits.shape) == (1, 5) and tuple(aux.shape) == (1, 5)
+
+
+def test_cifar_aux_only_when_asked():
+    model = NetworkCIFAR(genotypes.DARTS_V1, num_classes=10, init_channels=4, num_cells=3)
+    x = tf.random.normal((2, 32, 32, 3))
+    logits, aux = model(x, training=True, return_aux=True)
+    assert tuple(aux.shape) == (2, 10)
+    assert tuple(model(x, training=False).shape) == (2, 10)
+    no_head = NetworkCIFAR(genotypes.DARTS_V1, num_classes=10, init_channels=4, num_cells=3,
+                           auxiliary=False)
+    assert no_head(x, training=True, return_aux=True)[1] is None
+
+
+def test_drop_path_only_in_training_and_never_on_identity():
+    model = NetworkCIFAR(genotypes.DARTS_V2, num_classes=10, init_channels=4, num_cells=3,
+                         auxiliary=False, drop_path_rate=0.5)
+    x = tf.random.normal((4, 16, 16, 3))
+    # Inference ignores drop path: deterministic.
+    np.testing.assert_array_equal(model(x).numpy(), model(x).numpy())
+    # Training with p > 0 is random (BN uses batch stats, so compare two training calls).
+    a, b = model(x, training=True).numpy(), model(x, training=True).numpy()
+    assert not np.allclose(a, b)
+    model.drop_path_prob.assign(0.0)
+    a, b = model(x, training=True).numpy(), model(x, training=True).numpy()
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_supernet_genotype_follows_alphas():
+    model = Supernet(num_classes=10, init_channels=4, num_cells=3)
+    # (edge, op, logit): edge = offset(node) + input with offsets 0, 2, 5, 9; op indices in
+    # PRIMITIVES order (1 max_pool, 3 skip, 4 sep_conv_3x3, 6 dil_conv_3x3). Within a node
+    # the first pair of DARTS_V2 gets the larger logit, as the derivation emits the stronger
+    # edge first.
+    normal = np.zeros((14, 8), np.float32)
+    for edge, op, logit in ((0, 4, 10), (1, 4, 9), (2, 4, 10), (3, 4, 9), (6, 4, 10),
+                            (5, 3, 9), (9, 3, 10), (11, 6, 9)):
+        normal[edge, op] = logit
+    reduce = np.zeros((14, 8), np.float32)
+    for edge, op, logit in ((0, 1, 10), (1, 1, 9), (4, 3, 10), (3, 1, 9), (5, 1, 10),
+                            (7, 3, 9), (11, 3, 10), (10, 1, 9)):
+        reduce[edge, op] = logit
+    model.alpha_normal.assign(normal)
+    model.alpha_reduce.assign(reduce)
+    assert model.genotype() == genotypes.DARTS_V2
+
+
+def test_supernet_config_and_keras_round_trip(tmp_path):
+    model = Supernet(num_classes=5, init_channels=4, num_cells=3, num_nodes=2, input_channels=1)
+    x = tf.random.normal((2, 8, 8, 1))
+    expected = model(x, training=False).numpy()
+    clone = Supernet.from_config(model.get_config())
+    assert _count(clone.weight_variables) == _count(model.weight_variables)
+    path = tmp_path / "supernet.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(loaded(x, training=False).numpy(), expected)
+    assert loaded.genotype() == model.genotype()
+
+
+def test_cifar_config_and_keras_round_trip(tmp_path):
+    model = NetworkCIFAR(genotypes.DARTS_V2, num_classes=10, init_channels=4, num_cells=3)
+    x = tf.random.normal((2, 32, 32, 3))
+    model(x, training=True)  # moves the BN statistics away from their initial values
+    expected = model(x, training=False).numpy()
+    config = model.get_config()
+    json.dumps(config)  # JSON-able
+    clone = NetworkCIFAR.from_config(config)
+    assert clone.genotype == genotypes.DARTS_V2 and clone.count_params() == model.count_params()
+    model.save(tmp_path / "net.keras")
+    loaded = keras.models.load_model(tmp_path / "net.keras")
+    np.testing.assert_array_equal(loaded(x, training=False).numpy(), expected)
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="init_channels=5"):
+        Supernet(init_channels=5)
+    with pytest.raises(ValueError, match="num_cells=2"):
+        NetworkCIFAR(genotypes.DARTS_V2, num_cells=2)
+    with pytest.raises(ValueError, match="drop_path_rate=1.5"):
+        NetworkCIFAR(genotypes.DARTS_V2, drop_path_rate=1.5)
+    with pytest.raises(ValueError, match="bogus"):
+        Supernet(primitives=("none", "bogus"))
+
+
+def test_saved_model_serves_without_darts_tf(tmp_path):
+    model = NetworkCIFAR(genotypes.DARTS_V2, num_classes=10, init_channels=4, num_cells=3)
+    x = np.random.RandomState(0).normal(size=(3, 16, 16, 3)).astype(np.float32)
+    model(x, training=True)
+    expected = model(x, training=False).numpy()
+    model.export(str(tmp_path / "saved"), verbose=False)
+    np.save(tmp_path / "x.npy", x)
+    # A fresh process in which darts_tf cannot be imported.
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["darts_tf"] = None
+        import numpy as np, tensorflow as tf
+        served = tf.saved_model.load({str(tmp_path / "saved")!r})
+        out = served.serve(tf.constant(np.load({str(tmp_path / "x.npy")!r})))
+        np.save({str(tmp_path / "out.npy")!r}, out.numpy())
+    """)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, env=env,
+                   timeout=300)
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, rtol=1e-5, atol=1e-5)
