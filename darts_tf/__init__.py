@@ -6,18 +6,12 @@ Public names:
   NetworkCIFAR, NetworkImageNet  fixed networks rebuilt from a genotype
   LayerChoice, InputChoice       the general search-space API (NNI style)
 """
+# genotype first: the modules after it import from it.
 from darts_tf.genotype import PRIMITIVES, Genotype, GenotypeError, derive_genotype, load_genotype
+from darts_tf import genotypes, search_space
+from darts_tf.choice import InputChoice, LayerChoice, collect_choices, export_decisions, fixed_arch
 from darts_tf.networks import NetworkCIFAR, NetworkImageNet
+from darts_tf.profile import count_multiply_adds
 from darts_tf.supernet import Supernet
-
-try:  # The choice API lands separately; keep the package importable meanwhile.
-    from darts_tf.choice import InputChoice, LayerChoice, fixed_arch
-except ImportError:  # pragma: no cover
-    pass
-
-try:  # TEMP until genotypes.py lands
-    from darts_tf import genotypes  # noqa: E402,F401
-except ImportError:
-    pass
 
 __version__ = "0.1.0"

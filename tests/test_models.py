@@ -79,6 +79,19 @@ def test_imagenet_counts_match_reference():
     assert model.count_params(include_auxiliary=True) == 5_979_528
 
 
+@pytest.mark.parametrize("network,genotype,shape,key", [
+    (NetworkImageNet, "DARTS_V2", (224, 224, 3), "imagenet_DARTS_V2_224"),
+    (NetworkCIFAR, "DARTS_V2", (32, 32, 3), "cifar_DARTS_V2_32"),
+])
+def test_multiply_adds_match_reference_count(network, genotype, shape, key):
+    """Same counting rule as the reference's hook count (the paper's 574M for ImageNet
+    was counted some other way: see tests/data/README.md)."""
+    counts = darts_tf.count_multiply_adds(network(getattr(genotypes, genotype)), shape)
+    assert counts["total"] == _reference_counts()["macs"][key]["macs"]
+    assert counts["total"] == {"imagenet_DARTS_V2_224": 529_911_552,
+                               "cifar_DARTS_V2_32": 528_359_040}[key]
+
+
 def test_cell_layout_reference_positions():
     layout = cells.cell_layout(20, 36, 108, 4)
     assert [i for i, s in enumerate(layout) if s.reduction] == [6, 13]
