@@ -1,0 +1,202 @@
+"""The architect's hypergradient against independent computations, on a tiny float64 model.
+
+The reference gradient is the true derivative of L_val(w'(a), a) with
+w'(a) = w - xi * (mu * buf + grad_w L_train(w, a) + wd * w), taken here with
+nested tapes straight through `model.stateless_call`, without the architect.
+"""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainers.architect import Architect, cross_entropy
+
+BATCH = 16
+
+
+class MixedNet(keras.Model):
+    """Dense -> BN -> softmax(alpha)-weighted mix of three branches -> Dense; float64."""
+
+    def __init__(self):
+        super().__init__(dtype="float64")
+        self.hidden = keras.layers.Dense(6, activation="tanh", dtype="float64")
+        self.norm = keras.layers.BatchNormalization(dtype="float64")
+        self.branches = [keras.layers.Dense(6, activation=act, dtype="float64")
+                         for act in ("tanh", "sigmoid", None)]
+        self.head = keras.layers.Dense(3, dtype="float64")
+        self.alpha = self.add_weight(name="alpha", shape=(3,), dtype="float64",
+                                     initializer=keras.initializers.RandomNormal(stddev=0.5))
+
+    @property
+    def arch_variables(self):
+        return [self.alpha]
+
+    def build(self, input_shape):
+        self.hidden.build(input_shape)
+        self.norm.build((None, 6))
+        for layer in self.branches:
+            layer.build((None, 6))
+        self.head.build((None, 6))
+
+    def call(self, x, training=False):
+        h = self.norm(self.hidden(x), training=training)
+        p = tf.nn.softmax(tf.convert_to_tensor(self.alpha))
+        return self.head(tf.add_n([p[i] * b(h) for i, b in enumerate(self.branches)]))
+
+
+@pytest.fixture(name="setup")
+def fixture_setup():
+    keras.utils.set_random_seed(7)
+    model = MixedNet()
+    model.build((None, 5))
+    rng = np.random.default_rng(0)
+    batch = lambda: (tf.constant(rng.normal(size=(BATCH, 5))),  # noqa: E731
+                     tf.constant(rng.integers(0, 3, BATCH), tf.int32))
+    return model, batch(), batch()
+
+
+def _split(model):
+    """(weight variables, alpha variables, index of each) in trainable_variables order."""
+    alpha_ids = {id(v) for v in model.arch_variables}
+    trainable = model.trainable_variables
+    w_idx = [i for i, v in enumerate(trainable) if id(v) not in alpha_ids]
+    a_idx = [i for i, v in enumerate(trainable) if id(v) in alpha_ids]
+    return w_idx, a_idx
+
+
+def _loss(model, w, a, batch):
+    """L(w, a) on a batch through stateless_call, written without the architect."""
+    w_idx, a_idx = _split(model)
+    values = [None] * len(model.trainable_variables)
+    for i, t in zip(w_idx + a_idx, w + a):
+        values[i] = t
+    nt = [tf.convert_to_tensor(v) for v in model.non_trainable_variables]
+    logits, _ = model.stateless_call(values, nt, batch[0], training=True)
+    return cross_entropy(logits, batch[1], BATCH)
+
+
+def _values(model):
+    w_idx, a_idx = _split(model)
+    t = [tf.convert_to_tensor(v) for v in model.trainable_variables]
+    return [t[i] for i in w_idx], [t[i] for i in a_idx]
+
+
+def true_hypergradient(model, train, val, xi, momentum=0.0, weight_decay=0.0, buffers=None):
+    """d/da L_val(w - xi * (mu * buf + grad_w L_train(w, a) + wd * w), a), by nested tapes."""
+    w, a = _values(model)
+    buffers = buffers or [tf.zeros_like(v) for v in w]
+    with tf.GradientTape() as outer:
+        outer.watch(a)
+        with tf.GradientTape() as inner:
+            inner.watch(w)
+            train_loss = _loss(model, w, a, train)
+        grads = inner.gradient(train_loss, w)
+        w_virtual = [v - xi * (momentum * b + g + weight_decay * v)
+                     for v, g, b in zip(w, grads, buffers)]
+        val_loss = _loss(model, w_virtual, a, val)
+    return outer.gradient(val_loss, a)[0].numpy(), w_virtual
+
+
+def _rel(x, y):
+    return float(np.linalg.norm(x - y) / np.linalg.norm(y))
+
+
+def _grad_at(model, w, a, batch):
+    with tf.GradientTape() as tape:
+        tape.watch(a)
+        loss = _loss(model, w, a, batch)
+    return tape.gradient(loss, a)[0].numpy(), float(loss)
+
+
+def test_first_order_is_the_validation_gradient_at_w(setup):
+    model, train, val = setup
+    w, a = _values(model)
+    expected, _ = _grad_at(model, w, a, val)
+    result = Architect(model, global_batch_size=BATCH).gradients(train, val)
+    assert _rel(result.grads[0].numpy(), expected) < 1e-12
+
+
+@pytest.mark.parametrize("hessian, tolerance", [("finite_difference", 1e-3), ("exact", 1e-5)])
+def test_second_order_is_the_true_hypergradient(setup, hessian, tolerance):
+    model, train, val = setup
+    xi = 0.3
+    expected, w_virtual = true_hypergradient(model, train, val, xi)
+    # The implicit (Hessian) term must matter, or the comparison could not fail.
+    at_w_virtual, _ = _grad_at(model, w_virtual, _values(model)[1], val)
+    assert _rel(at_w_virtual, expected) > 0.05
+    arch = Architect(model, global_batch_size=BATCH, unrolled=True, hessian=hessian)
+    got = arch.gradients(train, val, lr=xi).grads[0].numpy()
+    print(f"{hessian}: relative error {_rel(got, expected):.2e}, "
+          f"Hessian term / total {_rel(at_w_virtual, expected):.2f}")
+    assert _rel(got, expected) < tolerance
+
+
+@pytest.mark.parametrize("hessian, tolerance", [("finite_difference", 1e-3), ("exact", 1e-5)])
+def test_momentum_and_weight_decay_enter_the_virtual_step(setup, hessian, tolerance):
+    model, train, val = setup
+    xi, momentum, weight_decay = 0.3, 0.9, 0.05
+    w, _ = _values(model)
+    rng = np.random.default_rng(1)
+    buffers = [tf.constant(rng.normal(scale=0.5, size=v.shape)) for v in w]
+    expected, _ = true_hypergradient(model, train, val, xi, momentum, weight_decay, buffers)
+    plain, _ = true_hypergradient(model, train, val, xi)
+    assert _rel(plain, expected) > 0.05  # momentum and decay change the answer
+    arch = Architect(model, global_batch_size=BATCH, unrolled=True, hessian=hessian,
+                     momentum=momentum, weight_decay=weight_decay)
+    got = arch.gradients(train, val, lr=xi, momentum_buffers=buffers).grads[0].numpy()
+    print(f"{hessian}: relative error {_rel(got, expected):.2e}")
+    assert _rel(got, expected) < tolerance
+
+
+def test_the_virtual_step_moves_the_weights_the_validation_loss_sees(setup):
+    """The NNI slip (`w = w - lr * g` rebinding a local) would leave L_val at w."""
+    model, train, val = setup
+    xi = 0.5
+    w, a = _values(model)
+    _, w_virtual = true_hypergradient(model, train, val, xi)
+    grad_at_w, loss_at_w = _grad_at(model, w, a, val)
+    grad_at_w_virtual, loss_at_w_virtual = _grad_at(model, w_virtual, a, val)
+    assert abs(loss_at_w - loss_at_w_virtual) > 1e-2
+
+    arch = Architect(model, global_batch_size=BATCH, unrolled=True, hessian="exact")
+    moved = arch.virtual_step(*arch.read_values(), train, xi)
+    assert all(np.allclose(m, v, rtol=0, atol=1e-12) for m, v in zip(moved, w_virtual))
+    assert max(float(tf.reduce_max(tf.abs(m - v))) for m, v in zip(moved, w)) > 1e-2
+    result = arch.gradients(train, val, lr=xi)
+    assert float(result.val_loss) == pytest.approx(loss_at_w_virtual, rel=1e-12)
+    # The explicit term is the gradient at w': g + xi * Hv equals it, not the one at w.
+    hvp = arch.hessian_vector_product(*arch.read_values()[:2], arch.read_values()[2], train,
+                                      _dw_virtual(model, w_virtual, a, val))
+    explicit = result.grads[0].numpy() + xi * hvp[0].numpy()
+    assert _rel(explicit, grad_at_w_virtual) < 1e-10
+    assert _rel(explicit, grad_at_w) > 1e-2
+
+
+def _dw_virtual(model, w_virtual, a, val):
+    with tf.GradientTape() as tape:
+        tape.watch(w_virtual)
+        loss = _loss(model, w_virtual, a, val)
+    return tape.gradient(loss, w_virtual)
+
+
+def test_nothing_leaks_into_the_model(setup):
+    model, train, val = setup
+    before = [v.numpy().copy() for v in model.variables]
+    assert model.non_trainable_variables  # the BN statistics a training pass would move
+    for unrolled, hessian in ((False, "exact"), (True, "finite_difference"), (True, "exact")):
+        arch = Architect(model, global_batch_size=BATCH, unrolled=unrolled, hessian=hessian,
+                         momentum=0.9, weight_decay=3e-4)
+        tf.function(lambda a=arch: a.gradients(train, val, lr=0.5).grads)()
+        arch.gradients(train, val, lr=0.5)
+    for b, v in zip(before, model.variables):
+        assert np.array_equal(b, v.numpy()), v.path
+    model(train[0], training=True)  # while a stateful training call does move them
+    assert not all(np.array_equal(b, v.numpy()) for b, v in zip(before, model.variables))
+
+
+def test_invalid_arguments_are_refused(setup):
+    model, train, val = setup
+    with pytest.raises(ValueError, match="hessian='fd'"):
+        Architect(model, global_batch_size=BATCH, hessian="fd")
+    with pytest.raises(ValueError, match="needs lr"):
+        Architect(model, global_batch_size=BATCH, unrolled=True).gradients(train, val)
