@@ -83,9 +83,8 @@ class MixedOp(keras.layers.Layer):
         self.built = True
 
     def call(self, x, weights, training=None):
-        """`weights`: this edge's softmax(alpha) row, one weight per primitive."""
-        weights = tf.cast(weights, x.dtype)
-        return tf.add_n([weights[i] * op(x, training=training)
+        """`weights`: this edge's softmax(alpha) row: a sequence of scalars, one per primitive."""
+        return tf.add_n([tf.cast(weights[i], x.dtype) * op(x, training=training)
                          for i, op in zip(self._indices, self.candidates)])
 
     def get_config(self):
@@ -114,7 +113,8 @@ class SearchCell(keras.layers.Layer):
         self.built = True
 
     def call(self, s0, s1, weights, training=None):
-        """`weights`: softmax(alpha) of this cell type, (num_edges, num_primitives)."""
+        """`weights`: softmax(alpha) of this cell type, (num_edges, num_primitives): a tensor
+        or, cheaper to trace, nested lists of scalars (see `Supernet.call`)."""
         states = [self.preprocess0(s0, training=training), self.preprocess1(s1, training=training)]
         offset = 0
         for _ in range(self.num_nodes):

@@ -24,7 +24,10 @@ statistics are created with `aggregation="mean"` so that under a
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
+
+import numpy as np
 
 import keras
 import tensorflow as tf
@@ -64,26 +67,33 @@ class Op(keras.layers.Layer):
         return len(self._bns) - 1
 
     def _bn(self, x, index, training):
-        """Batch norm in float32 (also under mixed precision), cast back to x's dtype."""
-        v = self._bns[index]
-        dtype = x.dtype
-        x = tf.cast(x, tf.float32)
-        if training:
-            mean, variance = tf.nn.moments(x, axes=[0, 1, 2])
-            n = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)
-            unbiased = variance * n / tf.maximum(n - 1.0, 1.0)
-            v["moving_mean"].assign(
-                (1.0 - BN_MOMENTUM) * v["moving_mean"] + BN_MOMENTUM * mean)
-            v["moving_variance"].assign(
-                (1.0 - BN_MOMENTUM) * v["moving_variance"] + BN_MOMENTUM * unbiased)
-        else:
-            mean, variance = v["moving_mean"], v["moving_variance"]
-        y = tf.nn.batch_normalization(
-            x, mean, variance, v.get("beta"), v.get("gamma"), BN_EPSILON)
-        return tf.cast(y, dtype)
+        """One fused batch-norm op (and its one gradient op): cheap to trace.
 
-    def _cast_kernel(self, kernel, x):
-        return tf.cast(kernel, x.dtype)
+        In training it normalises with the biased batch variance and returns the
+        running estimates (1 - m) * old + m * batch with the unbiased variance,
+        which is exactly PyTorch's update with momentum m = 0.1.
+        """
+        v = self._bns[index]
+        channels = v["moving_mean"].shape[0]
+        scale = v["gamma"] if "gamma" in v else tf.ones([channels])
+        offset = v["beta"] if "beta" in v else tf.zeros([channels])
+        y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            x, scale, offset, mean=v["moving_mean"], variance=v["moving_variance"],
+            epsilon=BN_EPSILON, is_training=bool(training),
+            exponential_avg_factor=BN_MOMENTUM if training else 1.0)[:3]
+        if training:
+            v["moving_mean"].assign(mean)
+            v["moving_variance"].assign(variance)
+        return y
+
+
+@functools.lru_cache(maxsize=None)
+def _valid_count_scale(height, width, stride):
+    """9 / (number of unpadded elements) under each 3x3 window, padding 1."""
+    def counts(n):
+        starts = np.arange(0, n, stride) - 1
+        return np.minimum(starts + 3, n) - np.maximum(starts, 0)
+    return (9.0 / np.outer(counts(height), counts(width)))[None, :, :, None].astype(np.float32)
 
 
 def _conv(x, kernel, stride=1, padding=0, dilation=1):
@@ -159,11 +169,9 @@ class Pool(Op):
             y = tf.nn.max_pool2d(tf.pad(x, pads, constant_values=float("-inf")), 3,
                                  self.stride, "VALID")
         else:
-            summed = tf.nn.avg_pool2d(tf.pad(x, pads), window, strides, "VALID")
-            # Divide by the valid elements only: count them on a ones map (static shape).
-            ones = tf.ones_like(x[:1, :, :, :1])
-            count = tf.nn.avg_pool2d(tf.pad(ones, pads), window, strides, "VALID")
-            y = summed / count
+            mean = tf.nn.avg_pool2d(tf.pad(x, pads), window, strides, "VALID")
+            # avg_pool2d divided by 9; divide by the valid (unpadded) elements instead.
+            y = mean * tf.cast(_valid_count_scale(x.shape[1], x.shape[2], self.stride), x.dtype)
         if self.batch_norm:
             y = self._bn(y, self._bn_index, training)
         return y
