@@ -28,6 +28,8 @@ setup(
     entry_points={
         "console_scripts": [
             "darts-search=trainers.search_main:main",
+            "darts-retrain=trainers.retrain_main:main",
+            "darts-evaluate=trainers.evaluate_main:main",
         ],
     },
 )
