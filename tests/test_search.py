@@ -1,0 +1,278 @@
+"""The search loop: replicas, tracing, resume after SIGKILL, determinism, divergence, config.
+
+Two logical CPUs come from tests/conftest.py. Runs use a tiny supernet (3 cells,
+1 node, 4 candidate ops) on 8x8 digits; the replica tests use a smaller
+stand-in model, with or without batch norm.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import darts_tf
+from trainers import data, search
+from trainers.config import ConfigError, SearchConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_CONFIG = SearchConfig(dataset="digits", data_limit=400, epochs=2, steps_per_epoch=6,
+                          batch_size=8, init_channels=4, num_cells=3, num_nodes=1,
+                          checkpoint_every=2, log_every=1, seed=3, deterministic=True)
+
+
+def tiny_supernet():
+    return darts_tf.Supernet(num_classes=10, init_channels=4, num_cells=3, num_nodes=1,
+                             input_channels=1,
+                             primitives=("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"))
+
+
+class TinyMixNet(keras.Model):
+    """Conv stem [-> Keras BN] -> softmax(alpha)-weighted mix of three branches -> dense."""
+
+    def __init__(self, batch_norm=False):
+        super().__init__()
+        self.stem = keras.layers.Conv2D(4, 3, padding="same", activation="relu")
+        self.norm = keras.layers.BatchNormalization() if batch_norm else None
+        self.branches = [keras.layers.Conv2D(4, 3, padding="same", activation="relu"),
+                         keras.layers.Conv2D(4, 1, activation="tanh"),
+                         keras.layers.AveragePooling2D(3, strides=1, padding="same")]
+        self.head = keras.layers.Dense(10)
+        self.alpha = self.add_weight(name="alpha", shape=(3,),
+                                     initializer=keras.initializers.RandomNormal(stddev=0.1))
+
+    @property
+    def arch_variables(self):
+        return [self.alpha]
+
+    def build(self, input_shape):
+        self.stem.build(input_shape)
+        hidden = (*input_shape[:-1], 4)
+        for layer in [self.norm, *self.branches]:
+            if layer is not None:
+                layer.build(hidden)
+        self.head.build((None, 4))
+
+    def call(self, x, training=False):
+        h = self.stem(x)
+        if self.norm is not None:
+            h = self.norm(h, training=training)
+        p = tf.nn.softmax(tf.convert_to_tensor(self.alpha))
+        h = tf.add_n([p[i] * branch(h) for i, branch in enumerate(self.branches)])
+        return self.head(tf.reduce_mean(h, axis=[1, 2]))
+
+
+@pytest.fixture(name="mirrored", scope="module")
+def fixture_mirrored():
+    # One per process: a second MirroredStrategy reuses the first one's collective keys.
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+def _batches(count, seed=0):
+    """`count` (train, val) pairs of global batches of 8 digits."""
+    train, val = data.search_data("digits", batch_size=8, seed=seed, epoch=0, limit=400)
+    return tf.data.Dataset.zip((train, val)).take(count)
+
+
+def _trainer(strategy, config, batch_norm):
+    keras.utils.set_random_seed(0)
+    return search.SearchTrainer(lambda: TinyMixNet(batch_norm), config, strategy,
+                                input_shape=(8, 8, 1))
+
+
+def _replicas(variable):
+    """The per-device copies of a (Keras) variable."""
+    return [np.asarray(c.numpy()) for c in variable.value.values]
+
+
+@pytest.mark.parametrize("unrolled", [False, True], ids=["first_order", "second_order"])
+def test_mirrored_matches_the_default_strategy(unrolled, mirrored):
+    """Two replicas on half batches make the same updates as one device on the whole batch."""
+    config = SearchConfig(batch_size=8, unrolled=unrolled, alpha_lr=3e-3, w_lr=0.1)
+    single = _trainer(None, config, batch_norm=False)
+    multi = _trainer(mirrored, config, batch_norm=False)
+    for a, b in zip(multi.model.variables, single.model.variables):
+        a.assign(b.numpy())
+    initial = {v.path: v.numpy() for v in single.model.variables}
+    for train, val in _batches(4):
+        single.step(train, val)
+    # The same 4 batches from two distributed datasets: the step must not retrace.
+    for part in (_batches(4).take(2), _batches(4).skip(2)):
+        for train, val in mirrored.experimental_distribute_dataset(part):
+            multi.step(train, val)
+    assert multi.step_traces == 1
+
+    for a, b in zip(multi.model.variables, single.model.variables):
+        change = float(np.max(np.abs(b.numpy() - initial[b.path])))
+        diff = float(np.max(np.abs(a.numpy() - b.numpy())))
+        print(f"{b.path}: change {change:.2e}, mirrored - default {diff:.2e}")
+        assert change > 1e-3 and diff < max(1e-6, 1e-3 * change), b.path
+        copies = _replicas(a)
+        assert np.array_equal(copies[0], copies[1]), a.path
+
+
+@pytest.mark.parametrize("hessian", ["finite_difference", "exact"])
+def test_replica_shares_of_the_alpha_gradient_sum_to_the_single_device_one(hessian, mirrored):
+    """w', dw' and eps are built from all-reduced gradients; the replica shares then add up."""
+    config = SearchConfig(batch_size=8, unrolled=True, hessian=hessian, w_lr=0.5)
+    train, val = next(iter(_batches(1)))
+    single = _trainer(None, config, batch_norm=False)
+    multi = _trainer(mirrored, config, batch_norm=False)
+    for a, b in zip(multi.model.variables, single.model.variables):
+        a.assign(b.numpy())
+    expected = single.architect.gradients(train, val, lr=0.5).grads[0].numpy()
+    dist = mirrored.experimental_distribute_dataset(_batches(1))
+    train_d, val_d = next(iter(dist))
+
+    @tf.function(autograph=False)
+    def distributed(train, val):
+        shares = mirrored.run(lambda t, v: multi.architect.gradients(t, v, lr=0.5).grads[0],
+                              args=(train, val))
+        return mirrored.reduce(tf.distribute.ReduceOp.SUM, shares, axis=None)
+
+    got = distributed(train_d, val_d).numpy()
+    error = np.linalg.norm(got - expected) / np.linalg.norm(expected)
+    print(f"{hessian}: replicas vs one device, relative error {error:.1e}")
+    assert error < 1e-5
+
+
+def test_replicas_stay_identical_with_keras_batch_norm(mirrored):
+    """Keras BN statistics have aggregation NONE: a per-replica assign would split them."""
+    config = SearchConfig(batch_size=8, unrolled=True, w_lr=0.1)
+    trainer = _trainer(mirrored, config, batch_norm=True)
+    moving_mean = trainer.model.norm.moving_mean
+    assert moving_mean.aggregation == "none"
+    for train, val in mirrored.experimental_distribute_dataset(_batches(2)):
+        trainer.step(train, val)
+    assert np.abs(moving_mean.numpy()).max() > 1e-3  # the statistics did move
+    for v in trainer.model.variables + [b for b in trainer.w_opt.momentum_buffers]:
+        copies = _replicas(v) if isinstance(v, keras.Variable) else [
+            np.asarray(c.numpy()) for c in v.values]
+        assert np.array_equal(copies[0], copies[1]), getattr(v, "path", v.name)
+
+
+# Whole runs -----------------------------------------------------------------------------------
+
+
+def _run(workdir, config=RUN_CONFIG):
+    return search.run(config, workdir, model_fn=tiny_supernet)
+
+
+@pytest.fixture(name="reference", scope="module")
+def fixture_reference(tmp_path_factory):
+    """An uninterrupted run of 2 epochs x 6 steps, and its stdout."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    workdir = tmp_path_factory.mktemp("reference")
+    with contextlib.redirect_stdout(out):
+        result = _run(workdir)
+    return result, out.getvalue()
+
+
+def test_a_run_writes_its_files_and_traces_the_step_once(reference):
+    result, stdout = reference
+    workdir = Path(result.workdir)
+    assert result.step_traces == 1 and result.global_step == 12
+    assert result.resumed_from_step is None
+    assert SearchConfig(**json.loads((workdir / "config.json").read_text())) == RUN_CONFIG
+    genotype = darts_tf.Genotype.from_dict(json.loads((workdir / "genotype.json").read_text()))
+    assert genotype.to_dict() == result.architecture
+    for epoch in (0, 1):
+        record = json.loads((workdir / f"epoch_{epoch}.json").read_text())
+        assert record["metrics"]["steps"] == 6 and record["epoch"] == epoch
+        for weights in record["arch_weights"].values():
+            np.testing.assert_allclose(np.sum(weights, axis=-1), 1.0, rtol=1e-6)
+    assert record["architecture"] == result.architecture
+    lines = [json.loads(l) for l in (workdir / "alphas.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == [0, 1]
+    for name, value in result.alphas.items():
+        np.testing.assert_array_equal(np.asarray(lines[1]["alphas"][name], np.float32), value)
+    # Plain log lines when stdout is not a terminal, and the epoch learning rates (cosine).
+    assert "epoch 0 step 1/6 loss" in stdout and "epoch 1 step 6/6" in stdout
+    assert [h["w_lr"] for h in result.history] == pytest.approx([0.025, 0.013])  # lr(e) = 0.001 + 0.024 * (1 + cos(pi e / 2)) / 2
+    # A finished run, run again, only rewrites its outputs.
+    again = _run(workdir)
+    assert again.resumed_from_step == 12 and again.step_traces == 0
+    assert again.architecture == result.architecture
+
+
+def test_same_seed_same_alphas(reference, tmp_path):
+    result, _ = reference
+    again = _run(tmp_path)
+    assert again.architecture == result.architecture
+    for name, value in result.alphas.items():
+        np.testing.assert_array_equal(again.alphas[name], value)
+    assert again.history == result.history
+
+
+def test_resume_after_sigkill_mid_epoch(reference, tmp_path):
+    result, _ = reference
+    child = subprocess.Popen(
+        [sys.executable, __file__, str(tmp_path)], cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = tmp_path / "checkpoints" / "checkpoint"
+    deadline = time.time() + 120
+    while not marker.exists() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    assert child.wait() == -signal.SIGKILL  # killed, not finished
+    resumed = _run(tmp_path)
+    print(f"killed and resumed at global step {resumed.resumed_from_step}")
+    assert resumed.resumed_from_step is not None and resumed.resumed_from_step < 6  # mid-epoch 0
+    assert resumed.architecture == result.architecture
+    for name, value in result.alphas.items():
+        np.testing.assert_allclose(resumed.alphas[name], value, rtol=0, atol=1e-6)
+    lines = (tmp_path / "alphas.jsonl").read_text().splitlines()
+    assert [json.loads(l)["epoch"] for l in lines] == [0, 1]
+
+
+def test_divergence_stops_and_keeps_the_last_checkpoint(tmp_path):
+    config = RUN_CONFIG.replace(w_lr=1e30, epochs=1, checkpoint_every=1, deterministic=False)
+    with pytest.raises(search.SearchDivergedError, match=r"epoch 0, step (\d)") as err:
+        _run(tmp_path, config)
+    bad_step = int(err.value.args[0].split("step ")[1].split(" ")[0])
+    print(err.value)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(), tmp_path / "checkpoints", 10)
+    assert manager.latest_checkpoint.endswith(f"ckpt-{bad_step - 1}")
+    trainer = search.SearchTrainer(tiny_supernet, config, input_shape=(8, 8, 1))
+    step = tf.Variable(0, dtype=tf.int64)
+    trainer.checkpoint(step=step).restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    assert int(step.numpy()) == bad_step - 1
+    assert all(np.isfinite(v.numpy()).all() for v in trainer.model.variables)
+
+
+def test_bad_config_is_refused_before_anything_runs(tmp_path, reference, mirrored):
+    with pytest.raises(ConfigError, match=r"w_lr=-1\.0"):
+        search.run({"dataset": "digits", "w_lr": -1.0}, tmp_path / "new", model_fn=tiny_supernet)
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(ConfigError, match=r"batch_size=5.*2 replicas"):
+        search.SearchTrainer(tiny_supernet, RUN_CONFIG.replace(batch_size=5), mirrored,
+                             input_shape=(8, 8, 1))
+    with pytest.raises(ConfigError, match="mixed_precision='mixed_float16'"):
+        search.SearchTrainer(tiny_supernet, RUN_CONFIG.replace(mixed_precision="mixed_float16"),
+                             input_shape=(8, 8, 1))
+    with pytest.raises(ConfigError, match=r"different \['seed'\]"):  # resuming another search
+        _run(reference[0].workdir, RUN_CONFIG.replace(seed=4))
+
+
+if __name__ == "__main__":
+    # The child of test_resume_after_sigkill_mid_epoch: the same run, slowed down on the host
+    # side so that the parent's SIGKILL lands mid-epoch.
+    _step = search.SearchTrainer.step
+
+    def _slow_step(self, *batches):
+        result = _step(self, *batches)
+        time.sleep(0.25)
+        return result
+
+    search.SearchTrainer.step = _slow_step
+    _run(sys.argv[1])

@@ -1,0 +1,488 @@
+"""The DARTS search loop: alternate architecture and weight steps (Algorithm 1).
+
+    run(SearchConfig(dataset="digits", epochs=2), "/tmp/search")
+
+writes into the work directory `config.json` (the resolved config),
+`epoch_{N}.json` (architecture, softmaxed alphas and metrics after epoch N,
+counted from 0 as NNI does), `alphas.jsonl` (the raw alphas after every
+epoch), `checkpoints/` (resumable state) and finally `genotype.json` (the
+supernet's genotype) or `architecture.json` (a user choice model's decisions).
+
+One strategy seam (`SearchTrainer`): variables and optimizers are created in
+`strategy.scope()`, `SearchTrainer.step` is one `tf.function` that calls
+`strategy.run(_replica_step)` and `strategy.reduce`. Per replica, as the
+reference (quark0/darts `cnn/train_search.py` L143-155):
+
+1. architecture step: alpha gradient on the validation batch (trainers/architect.py,
+   first or second order), Adam with coupled weight decay;
+2. weight step on the training batch: SGD with momentum and coupled weight
+   decay (PyTorch semantics, `MomentumSGD`), gradients clipped by global norm;
+   batch-norm moving statistics averaged over replicas.
+
+Every update is applied in cross-replica context to all-reduced values, so the
+replicas stay bitwise identical whatever the variables' aggregation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from darts_tf import search_space
+from trainers import architect as architect_lib
+from trainers.config import ConfigError, SearchConfig
+
+METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+class SearchDivergedError(FloatingPointError):
+    """The loss became NaN or infinite; no checkpoint was written after it."""
+
+
+def cosine_lr(config: SearchConfig, epoch: int) -> float:
+    """CosineAnnealingLR(T_max=epochs, eta_min=w_lr_min), stepped at each epoch start."""
+    return config.w_lr_min + (config.w_lr - config.w_lr_min) * (
+        1 + math.cos(math.pi * epoch / config.epochs)) / 2
+
+
+def _tf_variable(v):
+    """The tf.Variable (possibly a MirroredVariable) behind a Keras variable."""
+    return v.value if isinstance(v, keras.Variable) else v
+
+
+def _assign_from_replicas(variables, values):
+    """Assigns values computed on each replica, in cross-replica context (as Keras optimizers).
+
+    Call from replica context with values that are already identical on all
+    replicas (all-reduced); every copy of every variable gets its replica's value.
+    """
+    def assign(strategy, values):
+        for var, value in zip(variables, values):
+            strategy.extended.update(_tf_variable(var), lambda v, t: v.assign(t),
+                                     args=(value,), group=False)
+    tf.distribute.get_replica_context().merge_call(assign, args=(values,))
+
+
+class MomentumSGD(tf.Module):
+    """torch.optim.SGD(momentum, weight_decay) preceded by clip_grad_norm_(clip_norm).
+
+    Per variable w with gradient g (all-reduced, then clipped by the global norm
+    of all gradients: g *= min(1, clip / (||g|| + 1e-6)); clip = 0 disables)::
+
+        buf = momentum * buf + (g + weight_decay * w)     # buf starts at zeros
+        w   = w - lr * buf
+
+    `momentum_buffers` are what the unrolled architect needs for its virtual step.
+    """
+
+    def __init__(self, variables, *, momentum: float, weight_decay: float, clip_norm: float):
+        super().__init__(name="momentum_sgd")
+        self.momentum, self.weight_decay, self.clip_norm = momentum, weight_decay, clip_norm
+        self.momentum_buffers = [
+            tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False,
+                        name="momentum_" + v.path.replace("/", "_"))
+            for v in variables]
+
+    def apply(self, grads, variables, lr):
+        """One update, called on each replica with this replica's gradient share."""
+        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+        grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        if self.clip_norm:
+            norm = architect_lib.global_norm(grads)
+            coef = tf.minimum(self.clip_norm / (norm + 1e-6), 1.0)
+            grads = [g * tf.cast(coef, g.dtype) for g in grads]
+
+        def update(strategy, grads):
+            for var, buf, g in zip(variables, self.momentum_buffers, grads):
+                strategy.extended.update(buf, self._update_buffer, args=(g, _tf_variable(var)),
+                                         group=False)
+                strategy.extended.update(_tf_variable(var), self._update_variable,
+                                         args=(buf, lr), group=False)
+        tf.distribute.get_replica_context().merge_call(update, args=(grads,))
+
+    def _update_buffer(self, buf, g, var):
+        return buf.assign(self.momentum * buf + g + self.weight_decay * var)
+
+    @staticmethod
+    def _update_variable(var, buf, lr):
+        return var.assign_sub(tf.cast(lr, var.dtype) * buf)
+
+
+class SearchTrainer:
+    """Model, optimizers, architect and the distributed search step for one strategy.
+
+    Args:
+      model_fn: builds the searchable model (called inside `strategy.scope()`).
+      config: the search config (optimizer settings, unrolled, hessian, batch size).
+      strategy: a `tf.distribute.Strategy` (None: the default strategy).
+      input_shape: one example's shape, e.g. (32, 32, 3); the model is built on it.
+    """
+
+    def __init__(self, model_fn, config: SearchConfig, strategy=None, *, input_shape):
+        self.config = config
+        self.strategy = strategy or tf.distribute.get_strategy()
+        replicas = self.strategy.num_replicas_in_sync
+        if config.batch_size % replicas:
+            raise ConfigError(f"Invalid config value batch_size={config.batch_size!r}: expected "
+                              f"a multiple of the {replicas} replicas.")
+        if config.jit_compile and replicas > 1:
+            raise ConfigError("Invalid config value jit_compile=True: only supported with one "
+                              f"replica (the strategy has {replicas}).")
+        if config.mixed_precision is not None:
+            raise ConfigError(f"Invalid config value mixed_precision={config.mixed_precision!r}: "
+                              "the search trainer supports float32 only (None).")
+        with self.strategy.scope():
+            self.model = model_fn()
+            self.model.build((None, *input_shape))
+            self.architect = architect_lib.Architect(
+                self.model, global_batch_size=config.batch_size, unrolled=config.unrolled,
+                hessian=config.hessian, momentum=config.w_momentum,
+                weight_decay=config.w_weight_decay)
+            self.w_opt = MomentumSGD(self.architect.weight_variables, momentum=config.w_momentum,
+                                     weight_decay=config.w_weight_decay,
+                                     clip_norm=config.w_grad_clip)
+            # PyTorch's Adam eps (1e-8); Keras adds it to sqrt(v_hat * (1 - b2^t)), PyTorch to
+            # sqrt(v_hat): equal up to that epsilon scaling.
+            self.a_opt = keras.optimizers.Adam(
+                learning_rate=config.alpha_lr, beta_1=config.alpha_beta1,
+                beta_2=config.alpha_beta2, epsilon=1e-8)
+            self.a_opt.build(self.architect.arch_variables)
+            self.lr = tf.Variable(cosine_lr(config, 0), trainable=False, name="w_lr")
+        self.step_traces = 0
+        replica_step = self._replica_step
+        if config.jit_compile:
+            replica_step = tf.function(replica_step, jit_compile=True, autograph=False)
+        self._replica_fn = replica_step
+        # No tensor-dependent Python control flow in the step: AutoGraph would only slow tracing.
+        self._step = tf.function(self._distributed_step, autograph=False)
+
+    def set_epoch(self, epoch: int) -> float:
+        """Sets the weight learning rate (and xi) for `epoch`; returns it."""
+        lr = cosine_lr(self.config, epoch)
+        self.lr.assign(lr)
+        return lr
+
+    def step(self, train_batch, val_batch) -> dict:
+        """One search step on distributed (per-replica) batches; returns the global-batch metrics."""
+        return self._step(train_batch, val_batch)
+
+    def _distributed_step(self, train_batch, val_batch):
+        self.step_traces += 1  # Python side effect: runs only while tracing.
+        per_replica = self.strategy.run(self._replica_fn, args=(train_batch, val_batch))
+        return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                for k, v in per_replica.items()}
+
+    def _replica_step(self, train_batch, val_batch):
+        """Runs on each replica: the architecture step, then the weight step."""
+        arch = self.architect
+        alphas = arch.arch_variables
+        # Architecture step.
+        buffers = [tf.convert_to_tensor(b) for b in self.w_opt.momentum_buffers]
+        alpha_values = [tf.convert_to_tensor(a) for a in alphas]
+        result = arch.gradients(train_batch, val_batch, lr=self.lr, momentum_buffers=buffers)
+        # Coupled weight decay (PyTorch Adam): grad + wd * alpha once after the optimizer's
+        # all-reduce sum, so each replica adds its 1/R share.
+        share = self.config.alpha_weight_decay / self.strategy.num_replicas_in_sync
+        grads = [g + share * a for g, a in zip(result.grads, alpha_values)]
+        self.a_opt.apply_gradients(zip(grads, alphas))
+        # Weight step (reads the updated alphas).
+        w, a, nt = arch.read_values()
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(w)
+            loss, logits, new_nt = arch.loss(w, a, nt, train_batch)
+        self.w_opt.apply(tape.gradient(loss, w), arch.weight_variables, self.lr)
+        self._update_non_trainables(new_nt)
+        return {"loss": loss, "accuracy": self._correct(logits, train_batch[1]),
+                "val_loss": result.val_loss,
+                "val_accuracy": self._correct(result.val_logits, val_batch[1])}
+
+    def _correct(self, logits, labels):
+        hits = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), tf.cast(labels, tf.int32))
+        return tf.reduce_sum(tf.cast(hits, tf.float32)) / self.config.batch_size
+
+    def _update_non_trainables(self, values):
+        """Batch-norm statistics (and other state): the mean over replicas, on every replica."""
+        if not values:
+            return
+        ctx = tf.distribute.get_replica_context()
+        variables = self.model.non_trainable_variables
+        floats = [i for i, v in enumerate(values) if v.dtype.is_floating]
+        reduced = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, [values[i] for i in floats])
+        values = list(values)
+        for i, v in zip(floats, reduced):
+            values[i] = v
+        _assign_from_replicas(variables, values)
+
+    # Checkpoints ---------------------------------------------------------------------------
+
+    def checkpoint(self, **counters) -> tf.train.Checkpoint:
+        """A checkpoint of the model, both optimizers, the lr and the given counter variables.
+
+        The model's variables go in by name (`variable_names`):
+        `tf.train.Checkpoint(model=model)` on a Keras 3 model only reaches variables held
+        directly as attributes (5 of the tiny supernet's 104: not those in lists of cells
+        or in the ops' batch-norm dicts).
+        """
+        variables = dict(zip(variable_names(self.model, self.model.variables),
+                             (_tf_variable(v) for v in self.model.variables)))
+        return tf.train.Checkpoint(model_variables=variables, w_opt=self.w_opt,
+                                   a_opt=self.a_opt, w_lr=self.lr, **counters)
+
+    def arch_values(self) -> dict[str, np.ndarray]:
+        """The raw alphas by name (`variable_names`)."""
+        alphas = self.architect.arch_variables
+        return {k: np.asarray(v.numpy()) for k, v in zip(variable_names(self.model, alphas), alphas)}
+
+
+def variable_names(model, variables) -> list[str]:
+    """Stable, unique names: the path without the model's name (Keras numbers models per
+    process: supernet, supernet_1, ...), then "#2", "#3"... for repeated paths (layers built
+    outside their parent's scope share paths, e.g. every cell's "preprocess0/kernel")."""
+    prefix, seen, names = model.name + "/", {}, []
+    for v in variables:
+        path = v.path[len(prefix):] if v.path.startswith(prefix) else v.path
+        seen[path] = seen.get(path, 0) + 1
+        names.append(path if seen[path] == 1 else f"{path}#{seen[path]}")
+    return names
+
+
+# The run: data, loop, files -------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class SearchResult:
+    """What `run` returns (the same is on disk in the work directory)."""
+    architecture: dict          # export_architecture(model): genotype dict or choice decisions
+    alphas: dict                # raw alphas by variable path in the model (numpy arrays)
+    history: list               # one dict of metrics per epoch
+    global_step: int
+    resumed_from_step: int | None
+    step_traces: int            # times the step function was traced in this process (1)
+    workdir: str
+
+
+def make_strategy(name: str):
+    """The tf.distribute strategy named in `SearchConfig.strategy`.
+
+    One per process: two MirroredStrategy objects in one process start their
+    collective keys at the same base, and the second one's all-reduces then meet
+    the first one's ("Shape mismatch in the collective instance 100", TF 2.21).
+    """
+    if name == "default":
+        return tf.distribute.get_strategy()
+    return _distributed_strategy(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _distributed_strategy(name: str):
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def _default_model_fn(config: SearchConfig):
+    import darts_tf  # pylint: disable=import-outside-toplevel
+    from trainers import data  # pylint: disable=import-outside-toplevel
+
+    spec = data.get_spec(config.dataset, config.data_dir)
+    return functools.partial(
+        darts_tf.Supernet, num_classes=spec.num_classes, init_channels=config.init_channels,
+        num_cells=config.num_cells, num_nodes=config.num_nodes,
+        stem_multiplier=config.stem_multiplier, input_channels=spec.image_shape[-1])
+
+
+def _default_data_fn(config: SearchConfig):
+    from trainers import data  # pylint: disable=import-outside-toplevel
+
+    return lambda epoch: data.search_data(
+        config.dataset, batch_size=config.batch_size, seed=config.seed, epoch=epoch,
+        data_dir=config.data_dir, limit=config.data_limit)
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _write_json(path: Path, data) -> None:
+    """Atomic write: a reader (or a resumed run) never sees half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+class _Progress:
+    """A Keras progress bar on a TTY, a plain line every `log_every` steps otherwise."""
+
+    def __init__(self, epoch, epochs, steps, log_every, start_step):
+        self.epoch, self.epochs, self.steps, self.log_every = epoch, epochs, steps, log_every
+        self.bar = None
+        if sys.stdout.isatty():
+            print(f"Epoch {epoch + 1}/{epochs}")
+            self.bar = keras.utils.Progbar(steps)  # running means over the epoch
+            if start_step:
+                self.bar.update(start_step)
+
+    def update(self, step, metrics):
+        if self.bar is not None:
+            self.bar.update(step, values=list(metrics.items()))
+        elif step % self.log_every == 0:
+            values = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            print(f"epoch {self.epoch} step {step}/{self.steps or '?'} {values}", flush=True)
+
+
+def _check_config(config, workdir: Path) -> SearchConfig:
+    if isinstance(config, dict):
+        config = SearchConfig(**config)
+    if not isinstance(config, SearchConfig):
+        raise ConfigError(f"Expected a SearchConfig, received {type(config).__name__}.")
+    previous = workdir / "config.json"
+    if previous.exists():  # resuming: the state on disk must belong to the same search
+        old = SearchConfig.from_json(previous.read_text(), str(previous))
+        harmless = {"log_every", "checkpoint_every"}
+        changed = [f.name for f in dataclasses.fields(config) if f.name not in harmless
+                   and getattr(old, f.name) != getattr(config, f.name)]
+        if changed:
+            raise ConfigError(f"{previous} belongs to a search with different {changed}: "
+                              "use a new work directory.")
+    return config
+
+
+def run(config: SearchConfig, workdir: str, model_fn=None, data_fn=None) -> SearchResult:
+    """Runs (or resumes) a search; see the module docstring for the files written.
+
+    Args:
+      config: the search config (a dict is validated into one).
+      workdir: output directory; a checkpoint there is resumed.
+      model_fn: builds the searchable model (default: `darts_tf.Supernet` from the config and
+        the data set's spec).
+      data_fn: epoch -> (weights_ds, alphas_ds) of global (images, labels) batches, the same
+        order for the same epoch (default: `trainers.data.search_data`).
+
+    Raises:
+      ConfigError: an invalid config value (raised before anything is written).
+      SearchDivergedError: the loss became NaN/inf; no checkpoint is written after that step.
+    """
+    workdir = Path(workdir)
+    config = _check_config(config, workdir)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.seed)
+    strategy = make_strategy(config.strategy)
+    data_fn = data_fn or _default_data_fn(config)
+    model_fn = model_fn or _default_model_fn(config)
+    input_shape = tuple(data_fn(0)[0].element_spec[0].shape[1:])
+    trainer = SearchTrainer(model_fn, config, strategy, input_shape=input_shape)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _write_json(workdir / "config.json", dataclasses.asdict(config))
+
+    state = _State(trainer, workdir / "checkpoints")
+    resumed_from = state.restore()
+    history = [_read_json(workdir / f"epoch_{e}.json")["metrics"] for e in range(state.epoch)]
+    while state.epoch < config.epochs:
+        _run_epoch(trainer, state, data_fn)
+        history.append(_finish_epoch(trainer, state, workdir))
+    architecture = search_space.export_architecture(trainer.model)
+    name = "genotype.json" if hasattr(trainer.model, "genotype") else "architecture.json"
+    _write_json(workdir / name, architecture)
+    return SearchResult(architecture, trainer.arch_values(), history, state.global_step,
+                        resumed_from, trainer.step_traces, str(workdir))
+
+
+class _State:
+    """Position in the search (epoch, step in epoch, global step) and its checkpoints."""
+
+    def __init__(self, trainer: SearchTrainer, directory: Path):
+        self.epoch = self.step_in_epoch = self.global_step = 0
+        self.sums = np.zeros(len(METRICS))  # this epoch's metric sums, for the epoch means
+        self._vars = {name: tf.Variable(0, dtype=tf.int64, trainable=False)
+                      for name in ("epoch", "step_in_epoch", "step")}
+        self._vars["metric_sums"] = tf.Variable(self.sums, trainable=False)
+        self.manager = tf.train.CheckpointManager(trainer.checkpoint(**self._vars),
+                                                  str(directory), max_to_keep=3)
+
+    def restore(self) -> int | None:
+        path = self.manager.latest_checkpoint
+        if path is None:
+            return None
+        self.manager.checkpoint.restore(path).assert_existing_objects_matched()
+        self.epoch, self.step_in_epoch, self.global_step = (
+            int(self._vars[k].numpy()) for k in ("epoch", "step_in_epoch", "step"))
+        self.sums = self._vars["metric_sums"].numpy()
+        print(f"Resumed from {path}: epoch {self.epoch}, step {self.step_in_epoch} "
+              f"(global step {self.global_step}).", flush=True)
+        return self.global_step
+
+    def save(self) -> str:
+        for name, value in (("epoch", self.epoch), ("step_in_epoch", self.step_in_epoch),
+                            ("step", self.global_step), ("metric_sums", self.sums)):
+            self._vars[name].assign(value)
+        return self.manager.save(checkpoint_number=self.global_step)
+
+
+def _run_epoch(trainer: SearchTrainer, state: _State, data_fn) -> None:
+    config = trainer.config
+    trainer.set_epoch(state.epoch)
+    weights_ds, alphas_ds = data_fn(state.epoch)
+    ds = tf.data.Dataset.zip((weights_ds, alphas_ds))  # as pt.darts: zip(train, valid)
+    if config.steps_per_epoch:
+        ds = ds.take(config.steps_per_epoch)
+    steps = int(ds.cardinality()) if int(ds.cardinality()) >= 0 else None
+    ds = ds.skip(state.step_in_epoch)  # resume mid-epoch on the same batches
+    progress = _Progress(state.epoch, config.epochs, steps, config.log_every, state.step_in_epoch)
+    for train_batch, val_batch in trainer.strategy.experimental_distribute_dataset(ds):
+        metrics = {k: float(v) for k, v in trainer.step(train_batch, val_batch).items()}
+        state.step_in_epoch += 1
+        state.global_step += 1
+        if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["val_loss"])):
+            raise SearchDivergedError(
+                f"Non-finite loss at epoch {state.epoch}, step {state.step_in_epoch} (global "
+                f"step {state.global_step}): {metrics}. Nothing was saved after it; the last "
+                f"checkpoint is {state.manager.latest_checkpoint}.")
+        state.sums += [metrics[k] for k in METRICS]
+        progress.update(state.step_in_epoch, metrics)
+        if state.global_step % config.checkpoint_every == 0:
+            state.save()
+
+
+def _finish_epoch(trainer: SearchTrainer, state: _State, workdir: Path) -> dict:
+    """Writes epoch_{N}.json and the alphas line, then checkpoints the start of the next epoch."""
+    metrics = dict(zip(METRICS, (state.sums / max(state.step_in_epoch, 1)).tolist()))
+    metrics.update(epoch=state.epoch, steps=state.step_in_epoch,
+                   w_lr=cosine_lr(trainer.config, state.epoch))
+    alphas = trainer.arch_values()
+    _write_json(workdir / f"epoch_{state.epoch}.json", {
+        "epoch": state.epoch,
+        "architecture": search_space.export_architecture(trainer.model),
+        "arch_weights": {k: _softmax(v).tolist() for k, v in alphas.items()},
+        "metrics": metrics})
+    _append_alphas(workdir / "alphas.jsonl", state.epoch, state.global_step, alphas)
+    print(f"epoch {state.epoch}: " + " ".join(f"{k} {metrics[k]:.4f}" for k in METRICS),
+          flush=True)
+    state.epoch, state.step_in_epoch, state.sums = state.epoch + 1, 0, np.zeros(len(METRICS))
+    state.save()
+    return metrics
+
+
+def _append_alphas(path: Path, epoch: int, step: int, alphas) -> None:
+    """One JSON line per epoch; a replayed epoch (after a resume) replaces its line."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    lines = [line for line in lines if json.loads(line)["epoch"] < epoch]
+    lines.append(json.dumps({"epoch": epoch, "step": step,
+                             "alphas": {k: v.tolist() for k, v in alphas.items()}}))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path):
+    return json.loads(path.read_text())
