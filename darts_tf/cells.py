@@ -71,30 +71,70 @@ def _preprocess(spec: CellSpec, affine: bool):
 
 
 class MixedOp(keras.layers.Layer):
-    """sum_k w_k * op_k(x) over the primitives; `none` is skipped (its output is zero)."""
+    """The mixed ops of `num_inputs` edges into one node that share a stride, batched.
 
-    def __init__(self, channels, stride, primitives=PRIMITIVES, **kwargs):
+    Edge e computes sum_k w[e, k] * op_k(x_e) over the primitives (`none` is skipped:
+    its output is zero). The edges' inputs are concatenated on the channel axis and
+    every primitive is built with `groups=num_inputs`, so one grouped op computes that
+    primitive on all the edges at once: the same function and the same parameters as
+    one op per edge, with several times fewer graph ops to trace and differentiate.
+    """
+
+    def __init__(self, channels, stride, primitives=PRIMITIVES, num_inputs=1, **kwargs):
         super().__init__(**kwargs)
         self.channels, self.stride, self.primitives = channels, stride, tuple(primitives)
+        self.num_inputs = num_inputs
         self._indices = [i for i, p in enumerate(self.primitives) if p != "none"]
         self.candidates = [
             ops.make_op(self.primitives[i], channels, stride, affine=False, search=True,
-                        name=self.primitives[i]) for i in self._indices]
+                        name=self.primitives[i], groups=num_inputs) for i in self._indices]
         self.built = True
 
-    def call(self, x, weights, training=None):
-        """`weights`: this edge's softmax(alpha) row: a sequence of scalars, one per primitive."""
-        return tf.add_n([tf.cast(weights[i], x.dtype) * op(x, training=training)
-                         for i, op in zip(self._indices, self.candidates)])
+    def call(self, inputs, weights, training=None):
+        """Args:
+          inputs: the edges' input states, a list of `num_inputs` NHWC tensors.
+          weights: softmax(alpha) rows of these edges, shape (num_inputs, num_primitives).
+        Returns:
+          The sum over these edges of their mixed-op outputs.
+        """
+        x = inputs[0] if len(inputs) == 1 else tf.concat(inputs, axis=-1)
+        # Per-channel weights: edge e's weight for op k on its `channels` channels.
+        per_channel = tf.repeat(tf.cast(weights, x.dtype), self.channels, axis=0)
+        columns = tf.unstack(per_channel, axis=1)
+        y = tf.add_n([columns[i] * op(x, training=training)
+                      for i, op in zip(self._indices, self.candidates)])
+        if self.num_inputs == 1:
+            return y
+        y = tf.reshape(y, [-1, y.shape[1], y.shape[2], self.num_inputs, self.channels])
+        return tf.reduce_sum(y, axis=3)
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "stride": self.stride,
-                "primitives": list(self.primitives)}
+                "primitives": list(self.primitives), "num_inputs": self.num_inputs}
 
 
 def num_edges(num_nodes: int) -> int:
     """Edges of a search cell: node i has 2 + i inputs (14 for 4 nodes)."""
     return sum(2 + i for i in range(num_nodes))
+
+
+def edge_groups(num_nodes: int, reduction: bool) -> list[list[tuple[int, int, int]]]:
+    """Per node, its edges batched by stride: [(first edge, first input, count), ...].
+
+    Edges are numbered node by node (node i has inputs 0 .. i + 1), the order of the
+    rows of an alpha matrix. In a reduction cell the edges from the two cell inputs
+    have stride 2 and the others stride 1, so they form two batches.
+    """
+    groups, offset = [], 0
+    for i in range(num_nodes):
+        inputs = 2 + i
+        if reduction:
+            node = [(offset, 0, 2)] + ([(offset + 2, 2, inputs - 2)] if inputs > 2 else [])
+        else:
+            node = [(offset, 0, inputs)]
+        groups.append(node)
+        offset += inputs
+    return groups
 
 
 class SearchCell(keras.layers.Layer):
@@ -104,24 +144,25 @@ class SearchCell(keras.layers.Layer):
         super().__init__(**kwargs)
         self.spec, self.num_nodes, self.primitives = spec, num_nodes, tuple(primitives)
         self.preprocess0, self.preprocess1 = _preprocess(spec, affine=False)
-        self.edges = []
-        for i in range(num_nodes):
-            for j in range(2 + i):
-                stride = 2 if spec.reduction and j < 2 else 1
-                self.edges.append(MixedOp(spec.channels, stride, self.primitives,
-                                          name=f"edge_{i + 2}_{j}"))
+        self.groups = edge_groups(num_nodes, spec.reduction)
+        self.mixed_ops = []  # flat, node by node; see `edge_groups`
+        for i, node in enumerate(self.groups):
+            for first_edge, first_input, count in node:
+                stride = 2 if spec.reduction and first_input < 2 else 1
+                self.mixed_ops.append(MixedOp(
+                    spec.channels, stride, self.primitives, num_inputs=count,
+                    name=f"node_{i + 2}_from_{first_input}_to_{first_input + count - 1}"))
         self.built = True
 
     def call(self, s0, s1, weights, training=None):
-        """`weights`: softmax(alpha) of this cell type, (num_edges, num_primitives): a tensor
-        or, cheaper to trace, nested lists of scalars (see `Supernet.call`)."""
+        """`weights`: softmax(alpha) of this cell type, (num_edges, num_primitives)."""
         states = [self.preprocess0(s0, training=training), self.preprocess1(s1, training=training)]
-        offset = 0
-        for _ in range(self.num_nodes):
-            node = tf.add_n([self.edges[offset + j](h, weights[offset + j], training=training)
-                             for j, h in enumerate(states)])
-            offset += len(states)
-            states.append(node)
+        mixed = iter(self.mixed_ops)
+        for node in self.groups:
+            parts = [next(mixed)(states[first:first + count], weights[edge:edge + count],
+                                 training=training)
+                     for edge, first, count in node]
+            states.append(parts[0] if len(parts) == 1 else parts[0] + parts[1])
         return tf.concat(states[2:], axis=-1)
 
 

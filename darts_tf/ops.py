@@ -151,15 +151,16 @@ class Identity(Op):
 class Pool(Op):
     """3x3 max or average pooling, padding 1; optional BN(affine=False) as in the search."""
 
-    def __init__(self, mode, channels, stride=1, batch_norm=False, **kwargs):
+    def __init__(self, mode, channels, stride=1, batch_norm=False, groups=1, **kwargs):
         super().__init__(**kwargs)
         if mode not in ("max", "avg"):
             raise ValueError(f"Pool mode must be 'max' or 'avg'. Received: mode={mode!r}")
         self.mode, self.channels, self.stride, self.batch_norm = mode, channels, stride, batch_norm
+        self.groups = groups
 
     def build(self, input_shape=None):
         if self.batch_norm:
-            self._bn_index = self._batch_norm("bn", self.channels, affine=False)
+            self._bn_index = self._batch_norm("bn", self.groups * self.channels, affine=False)
         self.built = True
 
     def call(self, x, training=None):
@@ -178,7 +179,7 @@ class Pool(Op):
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode, "channels": self.channels,
-                "stride": self.stride, "batch_norm": self.batch_norm}
+                "stride": self.stride, "batch_norm": self.batch_norm, "groups": self.groups}
 
 
 class ReLUConvBN(Op):
@@ -208,50 +209,69 @@ class ReLUConvBN(Op):
 
 
 class FactorizedReduce(Op):
-    """ReLU -> concat[conv1x1/2 on x, conv1x1/2 on x shifted by one pixel] -> BN."""
+    """ReLU -> concat[conv1x1/2 on x, conv1x1/2 on x shifted by one pixel] -> BN.
 
-    def __init__(self, in_channels, out_channels, affine=True, **kwargs):
+    With `groups` = G > 1 the input holds G independent inputs side by side on the
+    channel axis and the layer computes G independent FactorizedReduce ops at once
+    (grouped 1x1 convs), output laid out the same way: group g in channels
+    [g * out_channels, (g + 1) * out_channels).
+    """
+
+    def __init__(self, in_channels, out_channels, affine=True, groups=1, **kwargs):
         super().__init__(**kwargs)
         if out_channels % 2:
             raise ValueError("FactorizedReduce needs an even number of output channels. "
                              f"Received: out_channels={out_channels}")
         self.in_channels, self.out_channels, self.affine = in_channels, out_channels, affine
+        self.groups = groups
 
     def build(self, input_shape=None):
         half = self.out_channels // 2
-        self.kernel_1 = self._kernel("kernel_1", (1, 1, self.in_channels, half))
-        self.kernel_2 = self._kernel("kernel_2", (1, 1, self.in_channels, half))
-        self._bn_index = self._batch_norm("bn", self.out_channels, self.affine)
+        self.kernel_1 = self._kernel("kernel_1", (1, 1, self.in_channels, self.groups * half))
+        self.kernel_2 = self._kernel("kernel_2", (1, 1, self.in_channels, self.groups * half))
+        self._bn_index = self._batch_norm("bn", self.groups * self.out_channels, self.affine)
         self.built = True
 
     def call(self, x, training=None):
         x = tf.nn.relu(x)
         # A 1x1 conv at stride 2 reads pixels (2i, 2j); the second path reads (2i+1, 2j+1).
-        y = tf.concat([_conv(x[:, ::2, ::2, :], self.kernel_1),
-                       _conv(x[:, 1::2, 1::2, :], self.kernel_2)], axis=-1)
+        y1 = _conv(x[:, ::2, ::2, :], self.kernel_1)
+        y2 = _conv(x[:, 1::2, 1::2, :], self.kernel_2)
+        if self.groups == 1:
+            y = tf.concat([y1, y2], axis=-1)
+        else:  # per group: [path 1 of g, path 2 of g]
+            half = self.out_channels // 2
+            shape = [-1, y1.shape[1], y1.shape[2], self.groups, half]
+            y = tf.concat([tf.reshape(y1, shape), tf.reshape(y2, shape)], axis=-1)
+            y = tf.reshape(y, [-1, y1.shape[1], y1.shape[2], self.groups * self.out_channels])
         return self._bn(y, self._bn_index, training)
 
     def get_config(self):
         return {**super().get_config(), "in_channels": self.in_channels,
-                "out_channels": self.out_channels, "affine": self.affine}
+                "out_channels": self.out_channels, "affine": self.affine, "groups": self.groups}
 
 
 class SepConv(Op):
-    """(ReLU -> depthwise k x k -> pointwise 1x1 -> BN) twice; the stride on the first."""
+    """(ReLU -> depthwise k x k -> pointwise 1x1 -> BN) twice; the stride on the first.
 
-    def __init__(self, channels, kernel_size, stride=1, affine=True, **kwargs):
+    `groups` = G computes G independent ops on G inputs side by side on the channel
+    axis (depthwise convs are per channel anyway; the pointwise conv is grouped).
+    """
+
+    def __init__(self, channels, kernel_size, stride=1, affine=True, groups=1, **kwargs):
         super().__init__(**kwargs)
         self.channels, self.kernel_size, self.stride, self.affine = (
             channels, kernel_size, stride, affine)
+        self.groups = groups
 
     def build(self, input_shape=None):
-        c, k = self.channels, self.kernel_size
-        self.depthwise_1 = self._kernel("depthwise_1", (k, k, c, 1))
-        self.pointwise_1 = self._kernel("pointwise_1", (1, 1, c, c))
-        self._bn_1 = self._batch_norm("bn_1", c, self.affine)
-        self.depthwise_2 = self._kernel("depthwise_2", (k, k, c, 1))
-        self.pointwise_2 = self._kernel("pointwise_2", (1, 1, c, c))
-        self._bn_2 = self._batch_norm("bn_2", c, self.affine)
+        c, k, gc = self.channels, self.kernel_size, self.groups * self.channels
+        self.depthwise_1 = self._kernel("depthwise_1", (k, k, gc, 1))
+        self.pointwise_1 = self._kernel("pointwise_1", (1, 1, c, gc))
+        self._bn_1 = self._batch_norm("bn_1", gc, self.affine)
+        self.depthwise_2 = self._kernel("depthwise_2", (k, k, gc, 1))
+        self.pointwise_2 = self._kernel("pointwise_2", (1, 1, c, gc))
+        self._bn_2 = self._batch_norm("bn_2", gc, self.affine)
         self.built = True
 
     def call(self, x, training=None):
@@ -263,22 +283,25 @@ class SepConv(Op):
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels,
-                "kernel_size": self.kernel_size, "stride": self.stride, "affine": self.affine}
+                "kernel_size": self.kernel_size, "stride": self.stride, "affine": self.affine,
+                "groups": self.groups}
 
 
 class DilConv(Op):
     """ReLU -> depthwise k x k dilation 2 -> pointwise 1x1 -> BN (once)."""
 
-    def __init__(self, channels, kernel_size, stride=1, dilation=2, affine=True, **kwargs):
+    def __init__(self, channels, kernel_size, stride=1, dilation=2, affine=True, groups=1,
+                 **kwargs):
         super().__init__(**kwargs)
         self.channels, self.kernel_size, self.stride, self.dilation, self.affine = (
             channels, kernel_size, stride, dilation, affine)
+        self.groups = groups
 
     def build(self, input_shape=None):
-        c, k = self.channels, self.kernel_size
-        self.depthwise = self._kernel("depthwise", (k, k, c, 1))
-        self.pointwise = self._kernel("pointwise", (1, 1, c, c))
-        self._bn_index = self._batch_norm("bn", c, self.affine)
+        c, k, gc = self.channels, self.kernel_size, self.groups * self.channels
+        self.depthwise = self._kernel("depthwise", (k, k, gc, 1))
+        self.pointwise = self._kernel("pointwise", (1, 1, c, gc))
+        self._bn_index = self._batch_norm("bn", gc, self.affine)
         self.built = True
 
     def call(self, x, training=None):
@@ -289,38 +312,44 @@ class DilConv(Op):
     def get_config(self):
         return {**super().get_config(), "channels": self.channels,
                 "kernel_size": self.kernel_size, "stride": self.stride,
-                "dilation": self.dilation, "affine": self.affine}
+                "dilation": self.dilation, "affine": self.affine, "groups": self.groups}
 
 
-def _skip(channels, stride, affine, name):
+def _skip(channels, stride, affine, name, groups):
     if stride == 1:
         return Identity(name=name)
-    return FactorizedReduce(channels, channels, affine=affine, name=name)
+    return FactorizedReduce(channels, channels, affine=affine, groups=groups, name=name)
 
 
-# name -> factory(channels, stride, affine, search, name). `search=True` adds the
-# BN(affine=False) the reference's search MixedOp puts after each pooling op.
+# name -> factory(channels, stride, affine, search, name, groups). `search=True` adds the
+# BN(affine=False) the reference's search MixedOp puts after each pooling op. `groups`
+# = G builds G independent copies of the op that run side by side on the channel axis
+# (the search cell batches the edges into a node this way: far fewer graph ops to trace).
 OPS: dict[str, Callable[..., Op]] = {
-    "none": lambda c, s, affine, search, name: Zero(s, name=name),
-    "max_pool_3x3": lambda c, s, affine, search, name: Pool("max", c, s, search, name=name),
-    "avg_pool_3x3": lambda c, s, affine, search, name: Pool("avg", c, s, search, name=name),
-    "skip_connect": lambda c, s, affine, search, name: _skip(c, s, affine, name),
-    "sep_conv_3x3": lambda c, s, affine, search, name: SepConv(c, 3, s, affine, name=name),
-    "sep_conv_5x5": lambda c, s, affine, search, name: SepConv(c, 5, s, affine, name=name),
-    "dil_conv_3x3": lambda c, s, affine, search, name: DilConv(c, 3, s, 2, affine, name=name),
-    "dil_conv_5x5": lambda c, s, affine, search, name: DilConv(c, 5, s, 2, affine, name=name),
+    "none": lambda c, s, affine, search, name, g: Zero(s, name=name),
+    "max_pool_3x3": lambda c, s, affine, search, name, g: Pool("max", c, s, search, g, name=name),
+    "avg_pool_3x3": lambda c, s, affine, search, name, g: Pool("avg", c, s, search, g, name=name),
+    "skip_connect": lambda c, s, affine, search, name, g: _skip(c, s, affine, name, g),
+    "sep_conv_3x3": lambda c, s, affine, search, name, g: SepConv(c, 3, s, affine, g, name=name),
+    "sep_conv_5x5": lambda c, s, affine, search, name, g: SepConv(c, 5, s, affine, g, name=name),
+    "dil_conv_3x3": lambda c, s, affine, search, name, g: DilConv(c, 3, s, 2, affine, g, name=name),
+    "dil_conv_5x5": lambda c, s, affine, search, name, g: DilConv(c, 5, s, 2, affine, g, name=name),
 }
 assert tuple(OPS) == PRIMITIVES
 
 
 def make_op(op_name: str, channels: int, stride: int, affine: bool, search: bool = False,
-            name: str | None = None) -> Op:
-    """Builds primitive `op_name` (one of `OPS`) on `channels` channels, already built."""
+            name: str | None = None, groups: int = 1) -> Op:
+    """Builds primitive `op_name` (one of `OPS`) on `channels` channels, already built.
+
+    With `groups` = G the op takes G inputs of `channels` channels concatenated on the
+    channel axis and computes G independent copies of itself (one per input).
+    """
     if op_name not in OPS:
         raise ValueError(f"Unknown op {op_name!r}; expected one of {sorted(OPS)}.")
     if stride not in (1, 2):
         raise ValueError(f"Op stride must be 1 or 2. Received: stride={stride}")
-    op = OPS[op_name](channels, stride, affine, search, name)
+    op = OPS[op_name](channels, stride, affine, search, name, groups)
     op.build(None)
     return op
 

@@ -138,11 +138,8 @@ class Supernet(keras.Model):
         self.built = True
 
     def call(self, inputs, training=None):
-        # Split softmax(alpha) into scalars once per pass: one unstack op per row instead of
-        # a strided slice per (edge, op) in every cell.
-        weights_normal, weights_reduce = (
-            [tf.unstack(row) for row in tf.unstack(tf.nn.softmax(tf.convert_to_tensor(a), axis=-1))]
-            for a in (self.alpha_normal, self.alpha_reduce))
+        weights_normal = tf.nn.softmax(tf.convert_to_tensor(self.alpha_normal), axis=-1)
+        weights_reduce = tf.nn.softmax(tf.convert_to_tensor(self.alpha_reduce), axis=-1)
         s0 = s1 = self.stem(inputs, training=training)
         for cell in self.cells:
             weights = weights_reduce if cell.spec.reduction else weights_normal

@@ -116,17 +116,75 @@ def _close(ours, theirs):
     np.testing.assert_allclose(np.asarray(ours), theirs, rtol=2e-4, atol=2e-4)
 
 
+class _GroupSlices:
+    """Stages per-edge torch tensors into slices of a grouped op's variables.
+
+    A search-cell op built with groups=G holds the G edges of a node side by side on
+    the channel axis: edge g owns channels [g * C, (g + 1) * C) of depthwise kernels,
+    pointwise output channels and BN vectors (for FactorizedReduce, each path's
+    [g * C/2, (g + 1) * C/2) and BN channels [g * C, (g + 1) * C)).
+    """
+
+    def __init__(self, mapper):
+        self.mapper = mapper
+        self.staged = {}  # id(variable) -> (variable, numpy buffer)
+
+    def put(self, variable, group, width, value, axis=-1):
+        _, buf = self.staged.setdefault(id(variable), (variable, np.zeros(variable.shape, np.float32)))
+        index = [slice(None)] * buf.ndim
+        index[axis] = slice(group * width, (group + 1) * width)
+        buf[tuple(index)] = value
+
+    def bn(self, layer, index, prefix, group, width):
+        v = layer._bns[index]  # pylint: disable=protected-access
+        self.put(v["moving_mean"], group, width, self.mapper.take(prefix + ".running_mean"))
+        self.put(v["moving_variance"], group, width, self.mapper.take(prefix + ".running_var"))
+
+    def op(self, layer, prefix, group, c):
+        take = self.mapper.take
+        if isinstance(layer, ops.Identity):
+            return
+        if isinstance(layer, ops.Pool):
+            self.bn(layer, layer._bn_index, prefix + ".1", group, c)  # pylint: disable=protected-access
+        elif isinstance(layer, ops.FactorizedReduce):
+            self.put(layer.kernel_1, group, c // 2, take(prefix + ".conv_1.weight").transpose(2, 3, 1, 0))
+            self.put(layer.kernel_2, group, c // 2, take(prefix + ".conv_2.weight").transpose(2, 3, 1, 0))
+            self.bn(layer, layer._bn_index, prefix + ".bn", group, c)  # pylint: disable=protected-access
+        elif isinstance(layer, (ops.SepConv, ops.DilConv)):
+            parts = ((layer.depthwise_1, layer.pointwise_1, layer._bn_1, ".op.1", ".op.2", ".op.3"),  # pylint: disable=protected-access
+                     (layer.depthwise_2, layer.pointwise_2, layer._bn_2, ".op.5", ".op.6", ".op.7")) \
+                if isinstance(layer, ops.SepConv) else \
+                ((layer.depthwise, layer.pointwise, layer._bn_index, ".op.1", ".op.2", ".op.3"),)  # pylint: disable=protected-access
+            for dw, pw, bn, k_dw, k_pw, k_bn in parts:
+                self.put(dw, group, c, take(prefix + k_dw + ".weight").transpose(2, 3, 0, 1), axis=2)
+                self.put(pw, group, c, take(prefix + k_pw + ".weight").transpose(2, 3, 1, 0))
+                self.bn(layer, bn, prefix + k_bn, group, c)
+        else:
+            raise TypeError(type(layer))
+
+    def assign(self):
+        for variable, buf in self.staged.values():
+            self.mapper.set(variable, buf)
+
+
 def test_search_network_matches_reference():
     arrays = _load("search_tiny.npz")
     model = Supernet(num_classes=10, init_channels=4, num_cells=3)
     mapper = _Mapper(arrays)
+    grouped = _GroupSlices(mapper)
     mapper.op(model.stem, "stem")
     for i, cell in enumerate(model.cells):
         mapper.op(cell.preprocess0, f"cells.{i}.preprocess0")
         mapper.op(cell.preprocess1, f"cells.{i}.preprocess1")
-        for e, edge in enumerate(cell.edges):
-            for k, op in zip(edge._indices, edge.candidates):  # pylint: disable=protected-access
-                mapper.op(op, f"cells.{i}._ops.{e}._ops.{k}")
+        mixed = iter(cell.mixed_ops)
+        for node in cell.groups:
+            for first_edge, _, count in node:
+                mixed_op = next(mixed)
+                for g in range(count):
+                    for k, op in zip(mixed_op._indices, mixed_op.candidates):  # pylint: disable=protected-access
+                        grouped.op(op, f"cells.{i}._ops.{first_edge + g}._ops.{k}", g,
+                                   cell.spec.channels)
+    grouped.assign()
     mapper.op(model.classifier, "classifier")
     mapper.check_complete(model)
     model.alpha_normal.assign(arrays["alphas_normal"])
