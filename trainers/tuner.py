@@ -1,0 +1,420 @@
+"""DARTS as a KerasTuner oracle and tuner: several searches, keep the cell that retrains best.
+
+The paper's protocol (Liu et al. 2019, section 3.3): "we run DARTS four times with
+different random seeds and pick the best cell based on its validation performance
+obtained by training from scratch for a short period". Here one KerasTuner trial is
+one such run:
+
+1. `DartsOracle.populate_space` decides the trial's search seed and the values of the
+   declared hyperparameters (named like `SearchConfig` fields: `unrolled`, `alpha_lr`,
+   `init_channels`, `epochs`, ...); fields not declared come from the tuner's base config.
+2. `DartsTuner.run_trial` runs `trainers.search.run` into the trial's directory on the
+   halves of the search's `x`/`y` (weights on the first, alphas on the second), which
+   leaves `genotype.json`, `epoch_{N}.json`, `alphas.jsonl`, `config.json` and
+   `checkpoints/` next to KerasTuner's `trial.json`, and puts the genotype's JSON into
+   the trial's hyperparameters as `Fixed("genotype", ...)`.
+3. `super().run_trial` then builds the fixed network through `DartsHyperModel.build(hp)`
+   and fits it on the same `x`/`y` (the proxy retraining), scored on `validation_data`.
+
+    hp = keras_tuner.HyperParameters()
+    hp.Choice("alpha_lr", [3e-4, 1e-3])
+    tuner = DartsTuner(DartsHyperModel(num_classes=10, input_channels=1),
+                       base_config=SearchConfig(epochs=10, batch_size=32),
+                       hyperparameters=hp, max_trials=4, seed=1, directory="/tmp/tune")
+    tuner.search(x, y, validation_data=(x_val, y_val), epochs=5)
+    genotype = Genotype.from_json(tuner.get_best_hyperparameters()[0]["genotype"])
+
+Failures are loud: KerasTuner 1.4.8 records an exception in `run_trial` as the trial's
+`message` and goes on (it only stops after `max_consecutive_failed_trials` failures in a
+row). `DartsTuner` logs every failed trial at ERROR with its traceback and raises
+`TrialsFailedError` from `search()` when every trial it ran failed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+
+import keras
+import keras_tuner
+import numpy as np
+import tensorflow as tf
+
+from darts_tf import PRIMITIVES, Genotype, NetworkCIFAR, Supernet, genotypes
+from trainers import search as search_lib
+from trainers.config import SearchConfig
+
+logger = logging.getLogger(__name__)
+
+GENOTYPE = "genotype"  # hyperparameter holding a trial's searched cell (JSON text)
+SEED = "seed"          # hyperparameter holding a trial's search seed (SearchConfig.seed)
+SEARCH_FIELDS = frozenset(f.name for f in dataclasses.fields(SearchConfig))
+_STATUS = keras_tuner.engine.trial.TrialStatus
+_SHUFFLE_BUFFER = 10_000  # search-time shuffle of a tf.data input, per half
+
+
+class TrialsFailedError(RuntimeError):
+    """Every trial of a `DartsTuner.search` call failed; names the first failure."""
+
+
+class DartsOracle(keras_tuner.Oracle):
+    """Decides a trial's search seed and the declared search hyperparameters; runs nothing.
+
+    Values are sampled at random, as `keras_tuner.oracles.RandomSearchOracle` does. Trial i
+    gets the search seed `trial_seed(i)`, derived from the oracle's seed, so the same oracle
+    seed repeats the same searches; equal sampled values with different seeds are allowed
+    (that is the paper's protocol: the same settings, several seeds).
+
+    Args:
+      objective: what the proxy retraining is scored by (default "val_accuracy").
+      max_trials: number of searches.
+      seed: the oracle's seed (None: random). Unlike `keras_tuner.Oracle`, 0 is a seed.
+      hyperparameters, allow_new_entries, tune_new_entries, max_retries_per_trial,
+      max_consecutive_failed_trials: as in `keras_tuner.Oracle`.
+    """
+
+    def __init__(self, objective="val_accuracy", max_trials: int = 4, seed: int | None = None,
+                 hyperparameters=None, allow_new_entries=True, tune_new_entries=True,
+                 max_retries_per_trial=0, max_consecutive_failed_trials=3):
+        super().__init__(objective=objective, max_trials=max_trials,
+                         hyperparameters=hyperparameters, allow_new_entries=allow_new_entries,
+                         tune_new_entries=tune_new_entries, seed=seed,
+                         max_retries_per_trial=max_retries_per_trial,
+                         max_consecutive_failed_trials=max_consecutive_failed_trials)
+        if seed is not None:  # keras_tuner.Oracle takes seed=0 for "pick one at random"
+            self.seed = self._seed_state = seed
+        reserved = sorted({hp.name for hp in self.hyperparameters.space} & {SEED, GENOTYPE})
+        if reserved:
+            raise ValueError(f"DartsOracle: the hyperparameter names {reserved} are reserved "
+                             f"(the oracle decides '{SEED}', the search yields '{GENOTYPE}').")
+        self.trial_seeds: dict[str, int] = {}  # trial_id -> search seed
+
+    def trial_seed(self, index: int) -> int:
+        """The search seed of the index-th trial: distinct, deterministic in (seed, index)."""
+        seed = int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0]) % 2**31
+        used = set(self.trial_seeds.values())
+        while seed in used:  # a 31-bit collision: step to the next free seed
+            seed = (seed + 1) % 2**31
+        return seed
+
+    def populate_space(self, trial_id):
+        values = self._random_values()  # the declared hyperparameters, as RandomSearchOracle
+        if values is None:
+            return {"status": _STATUS.STOPPED, "values": None}
+        values[SEED] = self.trial_seeds[trial_id] = self.trial_seed(len(self.trials))
+        return {"status": _STATUS.RUNNING, "values": values}
+
+    def update_space(self, hyperparameters):
+        # A trial's genotype is its result, not a dimension of the space: kept in the space,
+        # it would become the next trials' starting value.
+        kept = keras_tuner.HyperParameters()
+        kept.merge([hp for hp in hyperparameters.space if hp.name != GENOTYPE])
+        super().update_space(kept)
+
+    def get_state(self):
+        return {**super().get_state(), "trial_seeds": self.trial_seeds}
+
+    def set_state(self, state):
+        super().set_state(state)
+        self.trial_seeds = dict(state.get("trial_seeds", {}))
+
+
+class DartsHyperModel(keras_tuner.HyperModel):
+    """The proxy retraining: `NetworkCIFAR` of `hp["genotype"]`, compiled for `fit`.
+
+    SGD with momentum, weight decay (Keras's, decoupled: w -= lr * wd * w each step) and
+    global-norm clipping, sparse categorical cross-entropy from logits, accuracy. No
+    auxiliary head (`fit` trains the logits only) and a constant drop-path rate.
+
+    Args:
+      num_classes: classifier outputs.
+      input_channels: channels of the input images (3 for CIFAR, 1 for digits).
+      init_channels, num_cells, drop_path_rate: of the fixed network.
+      learning_rate, momentum, weight_decay, global_clipnorm: of the SGD optimizer
+        (defaults: the reference retraining's 0.025, 0.9, 3e-4, 5).
+      name, tunable: as `keras_tuner.HyperModel`.
+    """
+
+    def __init__(self, num_classes: int, input_channels: int = 3, init_channels: int = 16,
+                 num_cells: int = 8, drop_path_rate: float = 0.0, learning_rate: float = 0.025,
+                 momentum: float = 0.9, weight_decay: float = 3e-4,
+                 global_clipnorm: float | None = 5.0, name=None, tunable=True):
+        super().__init__(name=name, tunable=tunable)
+        self.num_classes, self.input_channels = num_classes, input_channels
+        self.init_channels, self.num_cells, self.drop_path_rate = (
+            init_channels, num_cells, drop_path_rate)
+        self.learning_rate, self.momentum = learning_rate, momentum
+        self.weight_decay, self.global_clipnorm = weight_decay, global_clipnorm
+
+    def build(self, hp):
+        if GENOTYPE not in hp:
+            raise ValueError(
+                f"{type(self).__name__}.build: the hyperparameters hold no '{GENOTYPE}'; "
+                "DartsTuner.run_trial sets it from the trial's search (or set "
+                f"hp.Fixed('{GENOTYPE}', genotype.to_json())). Received: "
+                f"hp.values keys={sorted(hp.values)}")
+        genotype = Genotype.from_json(hp.get(GENOTYPE), source=f'hp["{GENOTYPE}"]')
+        model = NetworkCIFAR(genotype, num_classes=self.num_classes,
+                             init_channels=self.init_channels, num_cells=self.num_cells,
+                             auxiliary=False, drop_path_rate=self.drop_path_rate,
+                             input_channels=self.input_channels)
+        model.compile(
+            optimizer=keras.optimizers.SGD(self.learning_rate, momentum=self.momentum,
+                                           weight_decay=self.weight_decay or None,
+                                           global_clipnorm=self.global_clipnorm),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"])
+        # Built now (every variable exists after __init__), so that the optimizer state in
+        # KerasTuner's best-epoch weights file loads back; unbuilt, Keras skips it with a warning.
+        model.optimizer.build(model.trainable_variables)
+        return model
+
+
+class _WithPlaceholderGenotype(keras_tuner.HyperModel):
+    """Lends a published cell to the builds KerasTuner makes before any search has run."""
+
+    def __init__(self, hypermodel):
+        super().__init__(name=hypermodel.name, tunable=hypermodel.tunable)
+        self.hypermodel = hypermodel
+
+    def declare_hyperparameters(self, hp):
+        self.hypermodel.declare_hyperparameters(hp)
+
+    def build(self, hp):
+        had_genotype = GENOTYPE in hp.values
+        hp.values.setdefault(GENOTYPE, genotypes.DARTS_V2.to_json())
+        try:
+            return self.hypermodel.build(hp)
+        finally:
+            if not had_genotype:
+                hp.values.pop(GENOTYPE)
+
+
+class DartsTuner(keras_tuner.Tuner):
+    """One trial = one DARTS search (its own seed and settings) + a proxy retraining.
+
+    `search(x, y, validation_data=..., epochs=..., ...)` takes what `Model.fit` takes
+    (numpy arrays, or a tf.data dataset of (images, labels) batches); the fit arguments go
+    to the proxy retraining unchanged. The search phase of each trial uses the same x/y
+    (see `search_data_fn`) and the base config's batch size, epochs and steps.
+
+    Args:
+      hypermodel: builds the retrained network from `hp["genotype"]` (a `DartsHyperModel`,
+        or any HyperModel with `num_classes`; the supernet's classifier uses it).
+      base_config: the search settings a trial does not declare. `dataset`, `data_dir`
+        are not used (the data is the search's x/y); `data_limit` keeps the first examples.
+      primitives: the supernet's candidate ops.
+      objective, max_trials, seed, hyperparameters, tune_new_entries, allow_new_entries,
+      max_retries_per_trial, max_consecutive_failed_trials: as `DartsOracle`. Declared
+        hyperparameters must be named after `SearchConfig` fields.
+      **kwargs: for `keras_tuner.Tuner` (directory, project_name, overwrite, ...).
+    """
+
+    def __init__(self, hypermodel, base_config: SearchConfig | None = None, *,
+                 primitives=PRIMITIVES, objective="val_accuracy", max_trials: int = 4,
+                 seed: int | None = None, hyperparameters=None, tune_new_entries=True,
+                 allow_new_entries=True, max_retries_per_trial=0,
+                 max_consecutive_failed_trials=3, **kwargs):
+        base_config = SearchConfig() if base_config is None else base_config
+        if not isinstance(base_config, SearchConfig):
+            raise TypeError("DartsTuner: base_config must be a SearchConfig. Received: "
+                            f"base_config={base_config!r}")
+        if hypermodel is None or not isinstance(getattr(hypermodel, "num_classes", None), int):
+            raise ValueError("DartsTuner: hypermodel must be a HyperModel with an integer "
+                             f"`num_classes` (e.g. DartsHyperModel). Received: {hypermodel!r}")
+        _check_declared(hyperparameters, base_config)
+        self.base_config, self.primitives = base_config, tuple(primitives)
+        self._ended: list = []  # (trial_id, status, message) of this search() call
+        oracle = DartsOracle(
+            objective=objective, max_trials=max_trials, seed=seed,
+            hyperparameters=hyperparameters, tune_new_entries=tune_new_entries,
+            allow_new_entries=allow_new_entries, max_retries_per_trial=max_retries_per_trial,
+            max_consecutive_failed_trials=max_consecutive_failed_trials)
+        super().__init__(oracle, hypermodel, **kwargs)
+
+    def search_config(self, hp) -> SearchConfig:
+        """The trial's search: the base config with the trial's declared values and seed."""
+        return self.base_config.replace(
+            **{k: v for k, v in hp.values.items() if k in SEARCH_FIELDS})
+
+    # KerasTuner hooks -------------------------------------------------------------------
+
+    def search(self, *fit_args, **fit_kwargs):
+        """Runs the remaining trials; raises TrialsFailedError when every one of them failed."""
+        objective = self.oracle.objective
+        if (isinstance(objective, keras_tuner.Objective) and objective.name.startswith("val_")
+                and not {"validation_data", "validation_split"} & set(fit_kwargs)):
+            raise ValueError(f"DartsTuner.search: the objective {objective.name!r} needs "
+                             "validation_data (or validation_split) for the proxy retraining.")
+        self._ended = []
+        try:
+            super().search(*fit_args, **fit_kwargs)
+        except RuntimeError as err:  # KerasTuner: max_consecutive_failed_trials reached
+            failed = [e for e in self._ended if e[1] == _STATUS.FAILED]
+            if not failed or isinstance(err, TrialsFailedError):
+                raise
+            raise TrialsFailedError(
+                f"The search stopped after {self.oracle.max_consecutive_failed_trials} "
+                f"consecutive failed trials (max_consecutive_failed_trials). "
+                f"{_describe(*failed[0])}") from err
+        if self._ended and all(status == _STATUS.FAILED for _, status, _ in self._ended):
+            raise TrialsFailedError(f"All {len(self._ended)} trials of this search failed. "
+                                    f"{_describe(*self._ended[0])}")
+
+    def run_trial(self, trial, *fit_args, **fit_kwargs):
+        """Searches into the trial's directory, then retrains its cell via `super().run_trial`."""
+        hp = trial.hyperparameters
+        config = self.search_config(hp)
+        x = fit_args[0] if fit_args else fit_kwargs.get("x")
+        y = fit_args[1] if len(fit_args) > 1 else fit_kwargs.get("y")
+        data_fn, input_shape = search_data_fn(x, y, config)
+        trial_dir = self.get_trial_dir(trial.trial_id)
+        logger.info("Trial %s: DARTS search (seed %d) into %s", trial.trial_id, config.seed,
+                    trial_dir)
+        result = search_lib.run(config, trial_dir, model_fn=self._supernet_fn(config, input_shape),
+                                data_fn=data_fn)
+        text = Genotype.from_dict(result.architecture, source=trial_dir).to_json()
+        hp.Fixed(GENOTYPE, text)
+        hp.values[GENOTYPE] = text  # a retried trial keeps its earlier value otherwise
+        return super().run_trial(trial, *fit_args, **fit_kwargs)
+
+    def on_trial_end(self, trial):
+        try:
+            super().on_trial_end(trial)  # the oracle decides: completed, retried or failed
+        finally:
+            status = self.oracle.get_trial(trial.trial_id).status
+            if status == _STATUS.FAILED:
+                logger.error("DARTS tuner: %s\n%s", _describe(trial.trial_id, status,
+                                                              trial.message), trial.message)
+            elif status == _STATUS.INVALID:
+                logger.warning("DARTS tuner: trial %s failed and will be retried: %s",
+                               trial.trial_id, _last_line(trial.message))
+            if status in (_STATUS.COMPLETED, _STATUS.FAILED):
+                self._ended.append((trial.trial_id, status, trial.message))
+
+    def _populate_initial_space(self):
+        # KerasTuner builds the hypermodel once here to find the hyperparameters it declares;
+        # no cell has been searched yet, so that build gets a placeholder genotype.
+        hypermodel = self.hypermodel
+        self.hypermodel = _WithPlaceholderGenotype(hypermodel)
+        try:
+            super()._populate_initial_space()
+        finally:
+            self.hypermodel = hypermodel
+
+    def _supernet_fn(self, config: SearchConfig, input_shape):
+        def model_fn():
+            return Supernet(num_classes=self.hypermodel.num_classes,
+                            init_channels=config.init_channels, num_cells=config.num_cells,
+                            num_nodes=config.num_nodes, stem_multiplier=config.stem_multiplier,
+                            input_channels=int(input_shape[-1]), primitives=self.primitives)
+        return model_fn
+
+
+def _check_declared(hyperparameters, base_config: SearchConfig) -> None:
+    """Declared names must be SearchConfig fields, and their defaults a valid config."""
+    if hyperparameters is None:
+        return
+    names = [hp.name for hp in hyperparameters.space]
+    unknown = sorted(set(names) - SEARCH_FIELDS - {SEED, GENOTYPE})
+    if unknown:
+        raise ValueError(
+            f"DartsTuner: declared hyperparameters {unknown} are not SearchConfig fields "
+            f"({', '.join(sorted(SEARCH_FIELDS - {SEED}))}). Declare the retraining's own "
+            "hyperparameters in the HyperModel's build(hp).")
+    base_config.replace(**{hp.name: hp.default for hp in hyperparameters.space
+                           if hp.name in SEARCH_FIELDS and hp.name != SEED})
+
+
+def _last_line(message) -> str:
+    lines = [line for line in (message or "").strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "(no message)"
+
+
+def _describe(trial_id, status, message) -> str:
+    return f"Trial {trial_id} {status}: {_last_line(message)}"
+
+
+# The search phase's data ------------------------------------------------------------------
+
+
+def _stream_seed(stream: str, seed: int, epoch: int) -> int:
+    digest = hashlib.sha256(f"tuner/{stream}:{seed}:{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % (2**31 - 1)
+
+
+def search_data_fn(x, y, config: SearchConfig):
+    """The search's data hook for `Model.fit`-style inputs: (data_fn, input_shape).
+
+    `data_fn(epoch)` returns (weights_ds, alphas_ds) of global batches of
+    `config.batch_size` (float32 images, int32 labels, remainders dropped), each half
+    reshuffled by (config.seed, epoch) alone.
+
+    - numpy arrays (or tensors) x, y: the first half trains the weights, the second the
+      alphas, as the reference (train_portion 0.5);
+    - a tf.data dataset x of (images, labels[, weights]) batches, y None: an example
+      goes to the weights or the alphas by a hash of its image bytes, so that a dataset
+      reshuffled on every pass still splits the same way (about half each); it must be
+      finite.
+    `config.data_limit` keeps only the first examples.
+    """
+    if isinstance(x, tf.data.Dataset):
+        return _dataset_halves(x, y, config)
+    if x is None or y is None:
+        raise ValueError("DartsTuner.search: pass x and y (arrays) or x as a tf.data dataset "
+                         f"of (images, labels) batches. Received: x={type(x).__name__}, "
+                         f"y={type(y).__name__}")
+    x, y = np.asarray(x, np.float32), np.asarray(y)
+    if x.ndim != 4 or len(y) != len(x):
+        raise ValueError("DartsTuner.search: expected images x of shape (N, H, W, C) and N "
+                         f"labels y. Received: x.shape={x.shape}, y.shape={y.shape}")
+    y = y.reshape(len(y), -1)[:, 0].astype(np.int32) if y.ndim > 1 else y.astype(np.int32)
+    if config.data_limit:
+        x, y = x[:config.data_limit], y[:config.data_limit]
+    half = len(x) // 2
+    halves = {"weights": (x[:half], y[:half]), "alphas": (x[half:], y[half:])}
+    if half < config.batch_size:
+        raise ValueError(f"DartsTuner.search: {len(x)} examples give halves of {half}, fewer "
+                         f"than batch_size={config.batch_size}: no full search batch.")
+
+    def data_fn(epoch):
+        result = []
+        for stream, (images, labels) in halves.items():
+            order = np.random.default_rng(_stream_seed(stream, config.seed, epoch)).permutation(
+                len(labels))
+            ds = tf.data.Dataset.from_tensor_slices((images[order], labels[order]))
+            result.append(ds.batch(config.batch_size, drop_remainder=True).prefetch(2))
+        return tuple(result)
+    return data_fn, x.shape[1:]
+
+
+def _dataset_halves(ds: tf.data.Dataset, y, config: SearchConfig):
+    if y is not None:
+        raise ValueError("DartsTuner.search: y must be None when x is a tf.data dataset.")
+    if ds.cardinality() == tf.data.INFINITE_CARDINALITY:
+        raise ValueError("DartsTuner.search: the tf.data dataset is infinite (repeat()); the "
+                         "search needs a finite one (it passes over it once per epoch).")
+    spec = ds.element_spec
+    if not (isinstance(spec, tuple) and len(spec) >= 2 and len(spec[0].shape) == 4):
+        raise ValueError("DartsTuner.search: expected a dataset of (images, labels) batches, "
+                         f"images (B, H, W, C). Received: element_spec={spec}")
+
+    def example(images, labels, *_):
+        return tf.cast(images, tf.float32), tf.reshape(tf.cast(labels, tf.int32), [])
+    examples = ds.unbatch().map(example, num_parallel_calls=tf.data.AUTOTUNE)
+    if config.data_limit:
+        examples = examples.take(config.data_limit)
+
+    def half_of(image):
+        return tf.strings.to_hash_bucket_fast(tf.io.serialize_tensor(image), 2)
+
+    def data_fn(epoch):
+        result = []
+        for index, stream in enumerate(("weights", "alphas")):
+            half = examples.filter(lambda image, _, i=index: tf.equal(half_of(image), i))
+            half = half.shuffle(_SHUFFLE_BUFFER, seed=_stream_seed(stream, config.seed, epoch),
+                                reshuffle_each_iteration=False)
+            result.append(half.batch(config.batch_size, drop_remainder=True).prefetch(2))
+        return tuple(result)
+    return data_fn, tuple(spec[0].shape[1:])
