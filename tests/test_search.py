@@ -68,6 +68,20 @@ class TinyMixNet(keras.Model):
         return self.head(tf.reduce_mean(h, axis=[1, 2]))
 
 
+def test_momentum_sgd_is_pytorch_sgd_after_clip_grad_norm():
+    """clip_grad_norm_(5) on the raw gradient, then buf = mu * buf + g + wd * w, w -= lr * buf."""
+    w = keras.Variable(np.array([1.0, -2.0, 3.0], np.float32))
+    opt = search.MomentumSGD([w], momentum=0.9, weight_decay=0.1, clip_norm=5.0)
+    expected, buf = w.numpy().astype(np.float64), np.zeros(3)
+    for g, lr in (([3.0, 4.0, 12.0], 0.5), ([0.1, -0.2, 0.3], 0.25)):  # norm 13: clipped; not
+        opt.apply([tf.constant(g)], [w], tf.constant(lr))
+        g = np.array(g) * min(1.0, 5.0 / (np.linalg.norm(g) + 1e-6))
+        buf = 0.9 * buf + g + 0.1 * expected
+        expected = expected - lr * buf
+        np.testing.assert_allclose(w.numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(opt.momentum_buffers[0].numpy(), buf, rtol=1e-6)
+
+
 @pytest.fixture(name="mirrored", scope="module")
 def fixture_mirrored():
     # One per process: a second MirroredStrategy reuses the first one's collective keys.
@@ -197,7 +211,8 @@ def test_a_run_writes_its_files_and_traces_the_step_once(reference):
         np.testing.assert_array_equal(np.asarray(lines[1]["alphas"][name], np.float32), value)
     # Plain log lines when stdout is not a terminal, and the epoch learning rates (cosine).
     assert "epoch 0 step 1/6 loss" in stdout and "epoch 1 step 6/6" in stdout
-    assert [h["w_lr"] for h in result.history] == pytest.approx([0.025, 0.013])  # lr(e) = 0.001 + 0.024 * (1 + cos(pi e / 2)) / 2
+    # lr(e) = 0.001 + 0.024 * (1 + cos(pi * e / 2)) / 2, stepped at each epoch start.
+    assert [h["w_lr"] for h in result.history] == pytest.approx([0.025, 0.013])
     # A finished run, run again, only rewrites its outputs.
     again = _run(workdir)
     assert again.resumed_from_step == 12 and again.step_traces == 0
@@ -245,7 +260,8 @@ def test_divergence_stops_and_keeps_the_last_checkpoint(tmp_path):
     assert manager.latest_checkpoint.endswith(f"ckpt-{bad_step - 1}")
     trainer = search.SearchTrainer(tiny_supernet, config, input_shape=(8, 8, 1))
     step = tf.Variable(0, dtype=tf.int64)
-    trainer.checkpoint(step=step).restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    status = trainer.checkpoint(step=step).restore(manager.latest_checkpoint)
+    status.assert_existing_objects_matched()
     assert int(step.numpy()) == bad_step - 1
     assert all(np.isfinite(v.numpy()).all() for v in trainer.model.variables)
 

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import sys
-import time
 from pathlib import Path
 
 import keras
@@ -172,7 +171,7 @@ class SearchTrainer:
         return lr
 
     def step(self, train_batch, val_batch) -> dict:
-        """One search step on distributed (per-replica) batches; returns the global-batch metrics."""
+        """One search step on distributed (per-replica) batches; returns global-batch metrics."""
         return self._step(train_batch, val_batch)
 
     def _distributed_step(self, train_batch, val_batch):
@@ -240,7 +239,8 @@ class SearchTrainer:
     def arch_values(self) -> dict[str, np.ndarray]:
         """The raw alphas by name (`variable_names`)."""
         alphas = self.architect.arch_variables
-        return {k: np.asarray(v.numpy()) for k, v in zip(variable_names(self.model, alphas), alphas)}
+        names = variable_names(self.model, alphas)
+        return {k: np.asarray(v.numpy()) for k, v in zip(names, alphas)}
 
 
 def variable_names(model, variables) -> list[str]:
