@@ -71,12 +71,18 @@ class Op(keras.layers.Layer):
 
         In training it normalises with the biased batch variance and returns the
         running estimates (1 - m) * old + m * batch with the unbiased variance,
-        which is exactly PyTorch's update with momentum m = 0.1.
+        which is exactly PyTorch's update with momentum m = 0.1. Under a strategy
+        with several replicas the batch statistics are those of the global batch
+        (synchronized across replicas), so that a data-parallel step computes the
+        same function as one device on the whole batch.
         """
         v = self._bns[index]
         channels = v["moving_mean"].shape[0]
         scale = v["gamma"] if "gamma" in v else tf.ones([channels])
         offset = v["beta"] if "beta" in v else tf.zeros([channels])
+        replica = tf.distribute.get_replica_context()
+        if training and replica is not None and replica.num_replicas_in_sync > 1:
+            return self._synchronized_bn(x, v, scale, offset, replica)
         y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
             x, scale, offset, mean=v["moving_mean"], variance=v["moving_variance"],
             epsilon=BN_EPSILON, is_training=bool(training),
@@ -86,6 +92,24 @@ class Op(keras.layers.Layer):
             v["moving_variance"].assign(variance)
         return y
 
+    @staticmethod
+    def _synchronized_bn(x, v, scale, offset, replica):
+        """Batch norm with the statistics of the global batch (sums all-reduced)."""
+        dtype = x.dtype
+        x32 = tf.cast(x, tf.float32)
+        count = tf.cast(tf.reduce_prod(tf.shape(x32)[:3]), tf.float32)
+        total, squares, count = replica.all_reduce(
+            tf.distribute.ReduceOp.SUM,
+            [tf.reduce_sum(x32, [0, 1, 2]), tf.reduce_sum(tf.square(x32), [0, 1, 2]), count])
+        mean = total / count
+        variance = tf.maximum(squares / count - tf.square(mean), 0.0)
+        unbiased = variance * count / tf.maximum(count - 1.0, 1.0)
+        # Every replica computes the same values: the assignment agrees across replicas.
+        v["moving_mean"].assign((1.0 - BN_MOMENTUM) * v["moving_mean"] + BN_MOMENTUM * mean)
+        v["moving_variance"].assign(
+            (1.0 - BN_MOMENTUM) * v["moving_variance"] + BN_MOMENTUM * unbiased)
+        y = tf.nn.batch_normalization(x32, mean, variance, offset, scale, BN_EPSILON)
+        return tf.cast(y, dtype)
 
 @functools.lru_cache(maxsize=None)
 def _valid_count_scale(height, width, stride):

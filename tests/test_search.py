@@ -131,6 +131,32 @@ def test_mirrored_matches_the_default_strategy(unrolled, mirrored):
         assert np.array_equal(copies[0], copies[1]), a.path
 
 
+def test_mirrored_supernet_matches_the_default_strategy(mirrored):
+    """The DARTS supernet's batch norms use global-batch statistics under a strategy, so two
+    replicas compute the same function, hence the same updates, as one device (second
+    order: its step contains every pass the first-order step has)."""
+    config = SearchConfig(batch_size=8, unrolled=True, alpha_lr=3e-3, w_lr=0.1)
+    keras.utils.set_random_seed(0)
+    single = search.SearchTrainer(tiny_supernet, config, None, input_shape=(8, 8, 1))
+    multi = search.SearchTrainer(tiny_supernet, config, mirrored, input_shape=(8, 8, 1))
+    for a, b in zip(multi.model.variables, single.model.variables):
+        a.assign(b.numpy())
+    initial = [v.numpy() for v in single.model.variables]
+    for train, val in _batches(3):
+        single.step(train, val)
+    for train, val in mirrored.experimental_distribute_dataset(_batches(3)):
+        multi.step(train, val)
+    moved = 0
+    for a, b, before in zip(multi.model.variables, single.model.variables, initial):
+        change = float(np.max(np.abs(b.numpy() - before)))
+        diff = float(np.max(np.abs(a.numpy() - b.numpy())))
+        assert diff < max(2e-5, 2e-3 * change), (b.path, diff, change)
+        copies = _replicas(a)
+        assert np.array_equal(copies[0], copies[1]), a.path
+        moved += change > 1e-4
+    assert moved > len(initial) // 2  # most variables (weights, alphas, BN statistics) moved
+
+
 @pytest.mark.parametrize("hessian", ["finite_difference", "exact"])
 def test_replica_shares_of_the_alpha_gradient_sum_to_the_single_device_one(hessian, mirrored):
     """w', dw' and eps are built from all-reduced gradients; the replica shares then add up."""
