@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import os
 
 import keras
@@ -257,10 +258,10 @@ class DartsTuner(keras_tuner.Tuner):
             raise TrialsFailedError(
                 f"The search stopped after {self.oracle.max_consecutive_failed_trials} "
                 f"consecutive failed trials (max_consecutive_failed_trials). "
-                f"{_describe(*failed[0])}") from err
+                f"{self._first_failure(failed)}") from err
         if self._ended and all(status == _STATUS.FAILED for _, status, _ in self._ended):
             raise TrialsFailedError(f"All {len(self._ended)} trials of this search failed. "
-                                    f"{_describe(*self._ended[0])}")
+                                    f"{self._first_failure(self._ended)}")
 
     def run_trial(self, trial, *fit_args, **fit_kwargs):
         """Searches into the trial's directory, then retrains its cell via `super().run_trial`."""
@@ -268,6 +269,11 @@ class DartsTuner(keras_tuner.Tuner):
         config = self.search_config(hp)
         x = fit_args[0] if fit_args else fit_kwargs.get("x")
         y = fit_args[1] if len(fit_args) > 1 else fit_kwargs.get("y")
+        split = fit_kwargs.get("validation_split")
+        if split and x is not None and not isinstance(x, tf.data.Dataset):
+            # As Model.fit: the last fraction validates; the search must not see it either.
+            keep = int(math.floor(len(x) * (1.0 - split)))
+            x, y = x[:keep], (None if y is None else y[:keep])
         data_fn, input_shape = search_data_fn(x, y, config)
         trial_dir = self.get_trial_dir(trial.trial_id)
         logger.info("Trial %s: DARTS search (seed %d) into %s", trial.trial_id, config.seed,
@@ -285,13 +291,22 @@ class DartsTuner(keras_tuner.Tuner):
         finally:
             status = self.oracle.get_trial(trial.trial_id).status
             if status == _STATUS.FAILED:
-                logger.error("DARTS tuner: %s\n%s", _describe(trial.trial_id, status,
-                                                              trial.message), trial.message)
+                # KerasTuner prints the traceback itself (keras_tuner.config.DEBUG, on by
+                # default); the log gets where it was raised and where the whole text is kept.
+                logger.error("DARTS tuner: %s\n  raised at %s\n  full traceback: 'message' in %s",
+                             _describe(trial.trial_id, status, trial.message),
+                             _innermost_frame(trial.message),
+                             os.path.join(self.get_trial_dir(trial.trial_id), "trial.json"))
             elif status == _STATUS.INVALID:
                 logger.warning("DARTS tuner: trial %s failed and will be retried: %s",
                                trial.trial_id, _last_line(trial.message))
             if status in (_STATUS.COMPLETED, _STATUS.FAILED):
                 self._ended.append((trial.trial_id, status, trial.message))
+
+    def _first_failure(self, failed) -> str:
+        trial_id = failed[0][0]
+        return (f"{_describe(*failed[0])} (full traceback: 'message' in "
+                f"{os.path.join(self.get_trial_dir(trial_id), 'trial.json')})")
 
     def _populate_initial_space(self):
         # KerasTuner builds the hypermodel once here to find the hyperparameters it declares;
@@ -330,6 +345,12 @@ def _check_declared(hyperparameters, base_config: SearchConfig) -> None:
 def _last_line(message) -> str:
     lines = [line for line in (message or "").strip().splitlines() if line.strip()]
     return lines[-1].strip() if lines else "(no message)"
+
+
+def _innermost_frame(message) -> str:
+    frames = [line.strip() for line in (message or "").splitlines()
+              if line.strip().startswith('File "')]
+    return frames[-1] if frames else "(no traceback)"
 
 
 def _describe(trial_id, status, message) -> str:
