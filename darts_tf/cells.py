@@ -82,13 +82,15 @@ class MixedOp(keras.layers.Layer):
 
     def __init__(self, channels, stride, primitives=PRIMITIVES, num_inputs=1, **kwargs):
         super().__init__(**kwargs)
-        self.channels, self.stride, self.primitives = channels, stride, tuple(primitives)
-        self.num_inputs = num_inputs
-        self._indices = [i for i, p in enumerate(self.primitives) if p != "none"]
-        self.candidates = [
-            ops.make_op(self.primitives[i], channels, stride, affine=False, search=True,
-                        name=self.primitives[i], groups=num_inputs) for i in self._indices]
-        self.built = True
+        # Children are created here (not traced in build): nest their variable paths.
+        with keras.name_scope(self.name):
+            self.channels, self.stride, self.primitives = channels, stride, tuple(primitives)
+            self.num_inputs = num_inputs
+            self._indices = [i for i, p in enumerate(self.primitives) if p != "none"]
+            self.candidates = [
+                ops.make_op(self.primitives[i], channels, stride, affine=False, search=True,
+                            name=self.primitives[i], groups=num_inputs) for i in self._indices]
+            self.built = True
 
     def call(self, inputs, weights, training=None):
         """Args:
@@ -142,17 +144,19 @@ class SearchCell(keras.layers.Layer):
 
     def __init__(self, spec: CellSpec, num_nodes=4, primitives=PRIMITIVES, **kwargs):
         super().__init__(**kwargs)
-        self.spec, self.num_nodes, self.primitives = spec, num_nodes, tuple(primitives)
-        self.preprocess0, self.preprocess1 = _preprocess(spec, affine=False)
-        self.groups = edge_groups(num_nodes, spec.reduction)
-        self.mixed_ops = []  # flat, node by node; see `edge_groups`
-        for i, node in enumerate(self.groups):
-            for first_edge, first_input, count in node:
-                stride = 2 if spec.reduction and first_input < 2 else 1
-                self.mixed_ops.append(MixedOp(
-                    spec.channels, stride, self.primitives, num_inputs=count,
-                    name=f"node_{i + 2}_from_{first_input}_to_{first_input + count - 1}"))
-        self.built = True
+        # Children are created here (not traced in build): nest their variable paths.
+        with keras.name_scope(self.name):
+            self.spec, self.num_nodes, self.primitives = spec, num_nodes, tuple(primitives)
+            self.preprocess0, self.preprocess1 = _preprocess(spec, affine=False)
+            self.groups = edge_groups(num_nodes, spec.reduction)
+            self.mixed_ops = []  # flat, node by node; see `edge_groups`
+            for i, node in enumerate(self.groups):
+                for first_edge, first_input, count in node:
+                    stride = 2 if spec.reduction and first_input < 2 else 1
+                    self.mixed_ops.append(MixedOp(
+                        spec.channels, stride, self.primitives, num_inputs=count,
+                        name=f"node_{i + 2}_from_{first_input}_to_{first_input + count - 1}"))
+            self.built = True
 
     def call(self, s0, s1, weights, training=None):
         """`weights`: softmax(alpha) of this cell type, (num_edges, num_primitives)."""
@@ -171,16 +175,18 @@ class FixedCell(keras.layers.Layer):
 
     def __init__(self, spec: CellSpec, op_names, indices, concat, **kwargs):
         super().__init__(**kwargs)
-        self.spec, self.op_names, self.indices, self.concat = (
-            spec, tuple(op_names), tuple(indices), tuple(concat))
-        self.preprocess0, self.preprocess1 = _preprocess(spec, affine=True)
-        self.ops = []
-        for k, (name, index) in enumerate(zip(self.op_names, self.indices)):
-            stride = 2 if spec.reduction and index < 2 else 1
-            self.ops.append(ops.make_op(name, spec.channels, stride, affine=True,
-                                        name=f"node_{k // 2 + 2}_{k % 2}_{name}"))
-        self.seed_generator = keras.random.SeedGenerator(0, name="drop_path_seed")
-        self.built = True
+        # Children are created here (not traced in build): nest their variable paths.
+        with keras.name_scope(self.name):
+            self.spec, self.op_names, self.indices, self.concat = (
+                spec, tuple(op_names), tuple(indices), tuple(concat))
+            self.preprocess0, self.preprocess1 = _preprocess(spec, affine=True)
+            self.ops = []
+            for k, (name, index) in enumerate(zip(self.op_names, self.indices)):
+                stride = 2 if spec.reduction and index < 2 else 1
+                self.ops.append(ops.make_op(name, spec.channels, stride, affine=True,
+                                            name=f"node_{k // 2 + 2}_{k % 2}_{name}"))
+            self.seed_generator = keras.random.SeedGenerator(0, name="drop_path_seed")
+            self.built = True
 
     def _drop_path(self, x, drop_prob):
         """Per-sample drop: keep with probability 1 - p, scale by 1 / (1 - p)."""

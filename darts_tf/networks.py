@@ -36,8 +36,9 @@ class AuxiliaryHead(ops.Op):
         self.kernel_2 = self._kernel("kernel_2", (2, 2, 128, 768))
         if self.last_bn:
             self._bn_2 = self._batch_norm("bn_2", 768, affine=True)
-        self.classifier = Classifier(768, self.num_classes, name="classifier")
-        self.classifier.build(None)
+        with keras.name_scope(self.name):
+            self.classifier = Classifier(768, self.num_classes, name="classifier")
+            self.classifier.build(None)
         self.built = True
 
     def call(self, x, training=None):
@@ -95,47 +96,49 @@ class _FixedNetwork(keras.Model):
     def __init__(self, genotype, num_classes, init_channels, num_cells, auxiliary,
                  drop_path_rate, input_channels=3, **kwargs):
         super().__init__(**kwargs)
-        genotype = load_genotype(genotype) if not isinstance(genotype, Genotype) else genotype
-        for name, value, low in (("num_classes", num_classes, 1), ("init_channels", init_channels, 2),
-                                 ("num_cells", num_cells, 3), ("input_channels", input_channels, 1)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{type(self).__name__}: {name} must be an integer >= {low}. "
-                                 f"Received: {name}={value!r}")
-        if not 0.0 <= float(drop_path_rate) < 1.0:
-            raise ValueError(f"{type(self).__name__}: drop_path_rate must be in [0, 1). "
-                             f"Received: drop_path_rate={drop_path_rate!r}")
-        self.genotype, self.num_classes, self.init_channels = genotype, num_classes, init_channels
-        self.num_cells, self.auxiliary, self.input_channels = num_cells, bool(auxiliary), input_channels
-        self.drop_path_rate = float(drop_path_rate)
-        multiplier = len(genotype.normal_concat)
-        if self._imagenet:
-            self.stem = ImageNetStem(input_channels, init_channels, name="stem")
-            layout = cells.cell_layout(num_cells, init_channels, init_channels, multiplier,
-                                       reduction_prev=True)
-        else:
-            stem_channels = 3 * init_channels
-            self.stem = Stem(input_channels, stem_channels, name="stem")
-            layout = cells.cell_layout(num_cells, init_channels, stem_channels, multiplier)
-        self.stem.build(None)
-        self.cells = []
-        for i, spec in enumerate(layout):
-            pairs, concat = ((genotype.reduce, genotype.reduce_concat) if spec.reduction
-                             else (genotype.normal, genotype.normal_concat))
-            self.cells.append(cells.FixedCell(spec, [p[0] for p in pairs], [p[1] for p in pairs],
-                                              concat, name=f"cell_{i}"))
-        self.aux_index = 2 * num_cells // 3
-        if self.auxiliary:
-            aux_channels = multiplier * layout[self.aux_index].channels
-            self.auxiliary_head = AuxiliaryHead(
-                aux_channels, num_classes, pool_stride=2 if self._imagenet else 3,
-                last_bn=not self._imagenet, name="auxiliary_head")
-            self.auxiliary_head.build(None)
-        self.classifier = Classifier(multiplier * layout[-1].channels, num_classes,
-                                     name="classifier")
-        self.classifier.build(None)
-        self.drop_path_prob = self.add_weight(
-            name="drop_path_prob", shape=(), trainable=False,
-            initializer=keras.initializers.Constant(self.drop_path_rate))
+        # Children are created here (not traced in build): nest their variable paths.
+        with keras.name_scope(self.name):
+            genotype = load_genotype(genotype) if not isinstance(genotype, Genotype) else genotype
+            for name, value, low in (("num_classes", num_classes, 1), ("init_channels", init_channels, 2),
+                                     ("num_cells", num_cells, 3), ("input_channels", input_channels, 1)):
+                if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                    raise ValueError(f"{type(self).__name__}: {name} must be an integer >= {low}. "
+                                     f"Received: {name}={value!r}")
+            if not 0.0 <= float(drop_path_rate) < 1.0:
+                raise ValueError(f"{type(self).__name__}: drop_path_rate must be in [0, 1). "
+                                 f"Received: drop_path_rate={drop_path_rate!r}")
+            self.genotype, self.num_classes, self.init_channels = genotype, num_classes, init_channels
+            self.num_cells, self.auxiliary, self.input_channels = num_cells, bool(auxiliary), input_channels
+            self.drop_path_rate = float(drop_path_rate)
+            multiplier = len(genotype.normal_concat)
+            if self._imagenet:
+                self.stem = ImageNetStem(input_channels, init_channels, name="stem")
+                layout = cells.cell_layout(num_cells, init_channels, init_channels, multiplier,
+                                           reduction_prev=True)
+            else:
+                stem_channels = 3 * init_channels
+                self.stem = Stem(input_channels, stem_channels, name="stem")
+                layout = cells.cell_layout(num_cells, init_channels, stem_channels, multiplier)
+            self.stem.build(None)
+            self.cells = []
+            for i, spec in enumerate(layout):
+                pairs, concat = ((genotype.reduce, genotype.reduce_concat) if spec.reduction
+                                 else (genotype.normal, genotype.normal_concat))
+                self.cells.append(cells.FixedCell(spec, [p[0] for p in pairs], [p[1] for p in pairs],
+                                                  concat, name=f"cell_{i}"))
+            self.aux_index = 2 * num_cells // 3
+            if self.auxiliary:
+                aux_channels = multiplier * layout[self.aux_index].channels
+                self.auxiliary_head = AuxiliaryHead(
+                    aux_channels, num_classes, pool_stride=2 if self._imagenet else 3,
+                    last_bn=not self._imagenet, name="auxiliary_head")
+                self.auxiliary_head.build(None)
+            self.classifier = Classifier(multiplier * layout[-1].channels, num_classes,
+                                         name="classifier")
+            self.classifier.build(None)
+            self.drop_path_prob = self.add_weight(
+                name="drop_path_prob", shape=(), trainable=False,
+                initializer=keras.initializers.Constant(self.drop_path_rate))
         # Not marked built: the first call records the input shape (model.export needs it);
         # build() itself has nothing left to create.
 

@@ -84,33 +84,35 @@ class Supernet(keras.Model):
     def __init__(self, num_classes=10, init_channels=16, num_cells=8, num_nodes=4,
                  stem_multiplier=3, input_channels=3, primitives=PRIMITIVES, **kwargs):
         super().__init__(**kwargs)
-        unknown = [p for p in primitives if p not in PRIMITIVES]
-        if unknown or not primitives:
-            raise ValueError(f"Unknown primitives {unknown}; expected names from {PRIMITIVES}. "
-                             f"Received: primitives={list(primitives)}")
-        for name, value, low in (("num_classes", num_classes, 1), ("init_channels", init_channels, 2),
-                                 ("num_cells", num_cells, 3), ("num_nodes", num_nodes, 1),
-                                 ("stem_multiplier", stem_multiplier, 1),
-                                 ("input_channels", input_channels, 1)):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"Supernet: {name} must be an integer >= {low}. "
-                                 f"Received: {name}={value!r}")
-        if init_channels % 2:
-            raise ValueError("Supernet: init_channels must be even (FactorizedReduce halves it). "
-                             f"Received: init_channels={init_channels}")
-        self.num_classes, self.init_channels, self.num_cells = num_classes, init_channels, num_cells
-        self.num_nodes, self.stem_multiplier = num_nodes, stem_multiplier
-        self.input_channels, self.primitives = input_channels, tuple(primitives)
+        # Children are created here (not traced in build): nest their variable paths.
+        with keras.name_scope(self.name):
+            unknown = [p for p in primitives if p not in PRIMITIVES]
+            if unknown or not primitives:
+                raise ValueError(f"Unknown primitives {unknown}; expected names from {PRIMITIVES}. "
+                                 f"Received: primitives={list(primitives)}")
+            for name, value, low in (("num_classes", num_classes, 1), ("init_channels", init_channels, 2),
+                                     ("num_cells", num_cells, 3), ("num_nodes", num_nodes, 1),
+                                     ("stem_multiplier", stem_multiplier, 1),
+                                     ("input_channels", input_channels, 1)):
+                if not isinstance(value, int) or value < low:
+                    raise ValueError(f"Supernet: {name} must be an integer >= {low}. "
+                                     f"Received: {name}={value!r}")
+            if init_channels % 2:
+                raise ValueError("Supernet: init_channels must be even (FactorizedReduce halves it). "
+                                 f"Received: init_channels={init_channels}")
+            self.num_classes, self.init_channels, self.num_cells = num_classes, init_channels, num_cells
+            self.num_nodes, self.stem_multiplier = num_nodes, stem_multiplier
+            self.input_channels, self.primitives = input_channels, tuple(primitives)
 
-        stem_channels = stem_multiplier * init_channels
-        self.stem = Stem(input_channels, stem_channels, name="stem")
-        self.stem.build(None)
-        self.layout = cells.cell_layout(num_cells, init_channels, stem_channels, num_nodes)
-        self.cells = [cells.SearchCell(spec, num_nodes, self.primitives, name=f"cell_{i}")
-                      for i, spec in enumerate(self.layout)]
-        self.classifier = Classifier(num_nodes * self.layout[-1].channels, num_classes,
-                                     name="classifier")
-        self.classifier.build(None)
+            stem_channels = stem_multiplier * init_channels
+            self.stem = Stem(input_channels, stem_channels, name="stem")
+            self.stem.build(None)
+            self.layout = cells.cell_layout(num_cells, init_channels, stem_channels, num_nodes)
+            self.cells = [cells.SearchCell(spec, num_nodes, self.primitives, name=f"cell_{i}")
+                          for i, spec in enumerate(self.layout)]
+            self.classifier = Classifier(num_nodes * self.layout[-1].channels, num_classes,
+                                         name="classifier")
+            self.classifier.build(None)
         shape = (cells.num_edges(num_nodes), len(self.primitives))
         # 1e-3 * N(0, 1) as the reference; one initializer each (a shared unseeded
         # Keras initializer gives both matrices the same values).
