@@ -30,6 +30,7 @@ setup(
             "darts-search=trainers.search_main:main",
             "darts-retrain=trainers.retrain_main:main",
             "darts-evaluate=trainers.evaluate_main:main",
+            "darts-pipeline=trainers.pipeline_main:main",
         ],
     },
 )

@@ -12,6 +12,10 @@ cells.png into the work directory.
 """
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+
 import json
 import sys
 
