@@ -239,6 +239,15 @@ def test_a_run_writes_its_files_and_traces_the_step_once(reference):
     assert "epoch 0 step 1/6 loss" in stdout and "epoch 1 step 6/6" in stdout
     # lr(e) = 0.001 + 0.024 * (1 + cos(pi * e / 2)) / 2, stepped at each epoch start.
     assert [h["w_lr"] for h in result.history] == pytest.approx([0.025, 0.013])
+    # The cells drawn as a PNG, and TensorBoard events with the metrics and the alphas.
+    assert (workdir / "cells.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    tags = set()
+    for event_file in (workdir / "tensorboard").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            tags.update(v.tag for v in event.summary.value)
+    assert {"epoch/loss", "epoch/val_accuracy", "epoch/w_lr", "step/loss"} <= tags
+    # 2 edges (1 node: inputs c_{k-2}, c_{k-1}) x 4 candidate ops, per cell type.
+    assert len([t for t in tags if t.startswith("alpha_softmax/")]) == 2 * 2 * 4
     # A finished run, run again, only rewrites its outputs.
     again = _run(workdir)
     assert again.resumed_from_step == 12 and again.step_traces == 0

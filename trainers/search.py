@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from darts_tf import search_space
 from trainers import architect as architect_lib
+from trainers import distribute
 from trainers.config import ConfigError, SearchConfig
 
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -270,23 +271,7 @@ class SearchResult:
     workdir: str
 
 
-def make_strategy(name: str):
-    """The tf.distribute strategy named in `SearchConfig.strategy`.
-
-    One per process: two MirroredStrategy objects in one process start their
-    collective keys at the same base, and the second one's all-reduces then meet
-    the first one's ("Shape mismatch in the collective instance 100", TF 2.21).
-    """
-    if name == "default":
-        return tf.distribute.get_strategy()
-    return _distributed_strategy(name)
-
-
-@functools.lru_cache(maxsize=None)
-def _distributed_strategy(name: str):
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.MultiWorkerMirroredStrategy()
+make_strategy = distribute.make_strategy  # kept for callers of trainers.search.make_strategy
 
 
 def _default_model_fn(config: SearchConfig):
@@ -372,12 +357,14 @@ def run(config: SearchConfig, workdir: str, model_fn=None, data_fn=None) -> Sear
       ConfigError: an invalid config value (raised before anything is written).
       SearchDivergedError: the loss became NaN/inf; no checkpoint is written after that step.
     """
-    workdir = Path(workdir)
-    config = _check_config(config, workdir)
+    config = _check_config(config, Path(workdir))
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
     strategy = make_strategy(config.strategy)
+    # Under several workers only the chief writes `workdir`; the others keep their own
+    # checkpoints and files in a private subdirectory.
+    workdir = distribute.output_dir(strategy, Path(workdir))
     data_fn = data_fn or _default_data_fn(config)
     model_fn = model_fn or _default_model_fn(config)
     input_shape = tuple(data_fn(0)[0].element_spec[0].shape[1:])
@@ -388,9 +375,12 @@ def run(config: SearchConfig, workdir: str, model_fn=None, data_fn=None) -> Sear
     state = _State(trainer, workdir / "checkpoints")
     resumed_from = state.restore()
     history = [_read_json(workdir / f"epoch_{e}.json")["metrics"] for e in range(state.epoch)]
-    while state.epoch < config.epochs:
-        _run_epoch(trainer, state, data_fn)
-        history.append(_finish_epoch(trainer, state, workdir))
+    writer = tf.summary.create_file_writer(str(workdir / "tensorboard"))
+    with writer.as_default():
+        while state.epoch < config.epochs:
+            _run_epoch(trainer, state, data_fn)
+            history.append(_finish_epoch(trainer, state, workdir))
+    writer.close()
     architecture = search_space.export_architecture(trainer.model)
     name = "genotype.json" if hasattr(trainer.model, "genotype") else "architecture.json"
     _write_json(workdir / name, architecture)
@@ -450,6 +440,10 @@ def _run_epoch(trainer: SearchTrainer, state: _State, data_fn) -> None:
                 f"checkpoint is {state.manager.latest_checkpoint}.")
         state.sums += [metrics[k] for k in METRICS]
         progress.update(state.step_in_epoch, metrics)
+        if state.global_step % config.log_every == 0:
+            for key, value in metrics.items():
+                tf.summary.scalar(f"step/{key}", value, step=state.global_step)
+            tf.summary.scalar("step/w_lr", cosine_lr(config, state.epoch), step=state.global_step)
         if state.global_step % config.checkpoint_every == 0:
             state.save()
 
@@ -466,11 +460,33 @@ def _finish_epoch(trainer: SearchTrainer, state: _State, workdir: Path) -> dict:
         "arch_weights": {k: _softmax(v).tolist() for k, v in alphas.items()},
         "metrics": metrics})
     _append_alphas(workdir / "alphas.jsonl", state.epoch, state.global_step, alphas)
+    _summarize_epoch(trainer, state, metrics, alphas)
+    if hasattr(trainer.model, "genotype"):  # the supernet: draw the cells it encodes now
+        from darts_tf import plot  # pylint: disable=import-outside-toplevel
+
+        plot.plot_genotype(trainer.model.genotype(), workdir / "cells.png",
+                           title=f"epoch {state.epoch}")
     print(f"epoch {state.epoch}: " + " ".join(f"{k} {metrics[k]:.4f}" for k in METRICS),
           flush=True)
     state.epoch, state.step_in_epoch, state.sums = state.epoch + 1, 0, np.zeros(len(METRICS))
     state.save()
     return metrics
+
+
+def _summarize_epoch(trainer: SearchTrainer, state: _State, metrics: dict, alphas) -> None:
+    """TensorBoard: epoch metrics and learning rate; every alpha's softmax weight per op."""
+    step = state.global_step
+    for key in (*METRICS, "w_lr"):
+        tf.summary.scalar(f"epoch/{key}", metrics[key], step=step)
+    primitives = getattr(trainer.model, "primitives", None)
+    for name, values in alphas.items():
+        weights = _softmax(values)
+        tf.summary.histogram(f"alphas/{name}", values, step=step)
+        rows = weights.reshape(-1, weights.shape[-1])
+        for edge, row in enumerate(rows):
+            for k, w in enumerate(row):
+                op = primitives[k] if primitives and len(primitives) == len(row) else str(k)
+                tf.summary.scalar(f"alpha_softmax/{name}/edge_{edge}/{op}", float(w), step=step)
 
 
 def _append_alphas(path: Path, epoch: int, step: int, alphas) -> None:
