@@ -42,12 +42,12 @@ def fixture_digits():
     return _arrays("train", 256), _arrays("test", 128)
 
 
-def make_tuner(directory, max_trials=2, overwrite=True, **kwargs):
+def make_tuner(directory, max_trials=2, overwrite=True, hypermodel=None, **kwargs):
     hp = keras_tuner.HyperParameters()
     hp.Choice("alpha_lr", [3e-4, 1e-3])
     return tuner_lib.DartsTuner(
-        tuner_lib.DartsHyperModel(num_classes=10, input_channels=1, init_channels=4,
-                                  num_cells=3),
+        hypermodel or tuner_lib.DartsHyperModel(num_classes=10, input_channels=1,
+                                                init_channels=4, num_cells=3),
         CONFIG, hyperparameters=hp, max_trials=max_trials, seed=7, directory=str(directory),
         project_name="digits", overwrite=overwrite, **kwargs)
 
@@ -143,20 +143,40 @@ def fixture_fake_search(monkeypatch):
     return calls
 
 
-def test_every_trial_failing_raises_naming_the_first(fake_search, digits, tmp_path, monkeypatch,
-                                                     caplog):
-    """KerasTuner imports tensorboard in every run_trial; without it each trial fails."""
+class UnbuildableHyperModel(tuner_lib.DartsHyperModel):
+    """Builds the placeholder KerasTuner asks for at construction, refuses searched cells."""
+
+    def build(self, hp):
+        if Genotype.from_json(hp.get("genotype")) == TINY_CELL:
+            raise NotImplementedError("cannot build this cell")
+        return super().build(hp)
+
+
+def test_every_trial_failing_raises_naming_the_first(fake_search, digits, tmp_path, caplog):
     (x, y), validation = digits
-    monkeypatch.setitem(sys.modules, "tensorboard.plugins.hparams", None)
-    tuner = make_tuner(tmp_path)
+    tuner = make_tuner(tmp_path, hypermodel=UnbuildableHyperModel(
+        10, input_channels=1, init_channels=4, num_cells=3))
     with caplog.at_level(logging.ERROR, logger="trainers.tuner"):
         with pytest.raises(tuner_lib.TrialsFailedError,
-                           match=r"All 2 trials .* Trial 0 FAILED: .*tensorboard"):
+                           match=r"All 2 trials .* Trial 0 FAILED: NotImplementedError: cannot "
+                                 r"build this cell \(full traceback: 'message' in .*trial_0"):
             tuner.search(x, y, validation_data=validation, **FIT)
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 2 and "Trial 0 FAILED: ModuleNotFoundError" in errors[0]
-    assert "in _configure_tensorboard_dir" in errors[0]  # where it was raised
+    assert len(errors) == 2
+    assert "Trial 0 FAILED: NotImplementedError: cannot build this cell" in errors[0]
+    assert "line" in errors[0] and "in build" in errors[0]  # where it was raised
     assert os.path.join("trial_0", "trial.json") in errors[0]  # where the traceback is
+    assert "Trial 1 FAILED" in errors[1]
+
+
+def test_missing_tensorboard_fails_before_any_search(fake_search, digits, tmp_path,
+                                                     monkeypatch):
+    """KerasTuner imports tensorboard in every run_trial; without it each trial would fail."""
+    (x, y), validation = digits
+    monkeypatch.setitem(sys.modules, "tensorboard.plugins.hparams", None)
+    with pytest.raises(ImportError, match="pip install tensorboard"):
+        make_tuner(tmp_path).search(x, y, validation_data=validation, **FIT)
+    assert fake_search["count"] == 0
 
 
 def test_consecutive_failures_stop_with_the_first_failure(fake_search, digits, tmp_path):

@@ -248,6 +248,7 @@ class DartsTuner(keras_tuner.Tuner):
                 and not {"validation_data", "validation_split"} & set(fit_kwargs)):
             raise ValueError(f"DartsTuner.search: the objective {objective.name!r} needs "
                              "validation_data (or validation_split) for the proxy retraining.")
+        _check_tensorboard()
         self._ended = []
         try:
             super().search(*fit_args, **fit_kwargs)
@@ -340,6 +341,21 @@ def _check_declared(hyperparameters, base_config: SearchConfig) -> None:
             "hyperparameters in the HyperModel's build(hp).")
     base_config.replace(**{hp.name: hp.default for hp in hyperparameters.space
                            if hp.name in SEARCH_FIELDS and hp.name != SEED})
+
+
+def _check_tensorboard() -> None:
+    """Fails now, not in every trial after its whole search.
+
+    keras_tuner 1.4.8 `Tuner._configure_tensorboard_dir` imports tensorboard in every
+    `run_trial` on the TensorFlow backend, whether or not a TensorBoard callback is used.
+    """
+    try:
+        from tensorboard.plugins.hparams import api  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    except ImportError as err:
+        raise ImportError(
+            "DartsTuner.search: KerasTuner 1.4.8 imports tensorboard in every trial (even "
+            "without a TensorBoard callback), so each trial would fail after its search. "
+            f"Install tensorboard (pip install tensorboard). Import error: {err}") from err
 
 
 def _last_line(message) -> str:
