@@ -3,14 +3,13 @@
 Defaults are the reference's CIFAR-10 recipe (quark0/darts `cnn/train.py` run as
 `python train.py --auxiliary --cutout`; reference section 2). Presets live in
 `configs/retrain.py`; the command line (`trainers/retrain_main.py`) has one flag
-per field, parsed with `parse_field`.
+per field (`trainers/cli.py`).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-import typing
 from typing import Any
 
 from trainers.config import ConfigError
@@ -147,38 +146,3 @@ class RetrainConfig:
         if unknown:
             raise ConfigError(f"{source}: unknown config field(s) {unknown}.")
         return cls(**data)
-
-
-def field_types() -> dict[str, tuple[type, bool]]:
-    """{field name: (base type, optional)} for every RetrainConfig field."""
-    hints = typing.get_type_hints(RetrainConfig)
-    out = {}
-    for name, hint in hints.items():
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        out[name] = (args[0], True) if args else (hint, False)
-    return out
-
-
-def parse_field(name: str, text: str) -> Any:
-    """Converts command-line text to the type of field `name` ("none" gives None if optional).
-
-    Raises:
-      ConfigError: unknown field or text that is not of the field's type.
-    """
-    types = field_types()
-    if name not in types:
-        raise ConfigError(f"Unknown config field {name!r} for RetrainConfig.")
-    base, optional = types[name]
-    if optional and text.strip().lower() in ("none", "null", ""):
-        return None
-    try:
-        if base is bool:
-            lowered = text.strip().lower()
-            if lowered not in ("true", "false", "1", "0"):
-                raise ValueError(text)
-            return lowered in ("true", "1")
-        return base(text)
-    except ValueError:
-        kind = {int: "an integer", float: "a number", bool: "true or false"}.get(base, "text")
-        raise ConfigError(f"Invalid config value {name}={text!r}: expected "
-                          f"{'none or ' if optional else ''}{kind}.") from None
