@@ -1,0 +1,92 @@
+"""Evaluation of an exported SavedModel: accuracy, parameter count and latency.
+
+Needs only TensorFlow and `trainers.data` (no darts_tf): the SavedModel written by
+`darts-retrain` (`Model.export`) is served with plain `tf.saved_model.load`,
+exactly as a deployment would use it.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from trainers import data
+
+
+def _serving_fn(loaded):
+    """The `serve` endpoint of a Keras export, else the default signature's only output."""
+    if hasattr(loaded, "serve"):
+        return loaded.serve
+    signature = loaded.signatures["serving_default"]
+
+    def serve(x):
+        outputs = signature(x)
+        if len(outputs) != 1:
+            raise ValueError(f"serving_default has outputs {sorted(outputs)}; expected one "
+                             "(the logits).")
+        return next(iter(outputs.values()))
+    return serve
+
+
+def count_saved_model_params(loaded) -> dict:
+    """Sizes of the SavedModel's trainable variables, split by "auxiliary" in the name.
+
+    Returns:
+      {"params": without the auxiliary head (as the reference reports),
+       "params_auxiliary": the auxiliary head's, "params_total": their sum}.
+    """
+    variables = list(getattr(loaded, "trainable_variables", None) or [])
+    aux = sum(int(np.prod(v.shape)) for v in variables if "auxiliary" in v.name)
+    total = sum(int(np.prod(v.shape)) for v in variables)
+    return {"params": total - aux, "params_auxiliary": aux, "params_total": total}
+
+
+def evaluate_saved_model(path: str, dataset: str = "digits", split: str = "test",
+                         batch_size: int = 256, data_dir: str | None = None,
+                         limit: int | None = None, timed_batches: int = 5) -> dict:
+    """Top-1 / top-5 accuracy, parameter count and latency of a SavedModel on a data split.
+
+    Args:
+      path: SavedModel directory (e.g. `workdir/saved_model` from darts-retrain).
+      dataset, split, data_dir, limit: the data (`trainers.data.eval_data`: the
+        training normalisation, no augmentation; "test" is ImageNet's validation).
+      batch_size: evaluation batch size, also the batch whose latency is timed.
+      timed_batches: latency = median over this many calls on the first batch,
+        after one warm-up call.
+
+    Returns:
+      A JSON-able dict: top1, top5, loss, examples, params / params_auxiliary /
+      params_total, latency_ms_per_batch (median), latency_batch_size, and the
+      arguments.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
+    loaded = tf.saved_model.load(path)
+    serve = _serving_fn(loaded)
+    ds = data.eval_data(dataset, batch_size=batch_size, split=split, data_dir=data_dir,
+                        limit=limit)
+    top1 = top5 = loss = 0.0
+    count, first = 0, None
+    for images, labels in ds:
+        first = images if first is None else first
+        logits = tf.cast(serve(images), tf.float32)
+        labels = tf.cast(labels, tf.int32)
+        k = min(5, int(logits.shape[-1]))
+        top1 += float(tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32)))
+        top5 += float(tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, k), tf.float32)))
+        loss += float(tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)))
+        count += int(labels.shape[0])
+    if count == 0:
+        raise ValueError(f"{dataset} split {split!r} is empty.")
+    serve(first)  # warm-up
+    times = []
+    for _ in range(max(timed_batches, 1)):
+        start = time.perf_counter()
+        serve(first).numpy()
+        times.append(time.perf_counter() - start)
+    return {"saved_model": str(path), "dataset": dataset, "split": split, "examples": count,
+            "top1": top1 / count, "top5": top5 / count, "loss": loss / count,
+            **count_saved_model_params(loaded),
+            "latency_ms_per_batch": 1000.0 * float(np.median(times)),
+            "latency_batch_size": int(first.shape[0])}
