@@ -21,6 +21,9 @@ from trainers import data, search
 from trainers import tuner as tuner_lib
 from trainers.config import ConfigError, SearchConfig
 
+# keras_tuner 1.4.8's Oracle calls threading.currentThread().getName() (deprecated names).
+pytestmark = pytest.mark.filterwarnings("ignore:(currentThread|getName):DeprecationWarning")
+
 CONFIG = SearchConfig(dataset="digits", epochs=1, batch_size=16, steps_per_epoch=3,
                       init_channels=4, num_cells=3, num_nodes=2, log_every=100,
                       checkpoint_every=100)
@@ -245,8 +248,9 @@ def test_declared_hyperparameters_configure_the_search(tmp_path):
     hp = keras_tuner.HyperParameters()
     hp.Boolean("unrolled")
     hp.Int("epochs", 1, 3)
-    tuner = tuner_lib.DartsTuner(tuner_lib.DartsHyperModel(10), CONFIG, hyperparameters=hp,
-                                 directory=str(tmp_path), project_name="p")
+    tuner = tuner_lib.DartsTuner(
+        tuner_lib.DartsHyperModel(10, init_channels=4, num_cells=3), CONFIG,
+        hyperparameters=hp, directory=str(tmp_path), project_name="p")
     hp.values.update(unrolled=True, epochs=3, seed=11, genotype=TINY_CELL.to_json())
     assert tuner.search_config(hp) == CONFIG.replace(unrolled=True, epochs=3, seed=11)
 
