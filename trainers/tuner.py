@@ -10,8 +10,8 @@ one such run:
    `init_channels`, `epochs`, ...); fields not declared come from the tuner's base config.
 2. `DartsTuner.run_trial` runs `trainers.search.run` into the trial's directory on the
    halves of the search's `x`/`y` (weights on the first, alphas on the second), which
-   leaves `genotype.json`, `epoch_{N}.json`, `alphas.jsonl`, `config.json` and
-   `checkpoints/` next to KerasTuner's `trial.json`, and puts the genotype's JSON into
+   leaves `genotype.json`, `epoch_{N}.json`, `alphas.jsonl`, `config.json`,
+   `checkpoints/`, ... next to KerasTuner's `trial.json`, and puts the genotype's JSON into
    the trial's hyperparameters as `Fixed("genotype", ...)`.
 3. `super().run_trial` then builds the fixed network through `DartsHyperModel.build(hp)`
    and fits it on the same `x`/`y` (the proxy retraining), scored on `validation_data`.
