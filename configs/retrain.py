@@ -43,15 +43,18 @@ def digits() -> RetrainConfig:
     The reference recipe scaled down: C=16, 6 cells, no auxiliary head (its 5x5
     pooling needs a >= 5x5 map at cell 2*cells//3; digits gives 2x2), drop path
     0.1, 40 epochs of batch 64, cosine from 0.05, digits' default augmentation
-    (random crop, padding 1; no flip, no cutout). Measured: see `MEASURED`.
+    (random crop, padding 1; no flip, no cutout). 135,962 parameters.
+
+    Measured (DARTS_V2, `darts-retrain --genotype=DARTS_V2 --config=digits
+    --seed=S --workdir=DIR`, 2 CPU cores shared with other jobs, load ~3):
+    test top-1 98.9% / 99.4% / 99.7% for seeds 0 / 1 / 2 (360 held-out
+    images; >= 97% from epoch 4-6 on), 82-106 s wall each, start-up and
+    export included.
     """
     return RetrainConfig(
         dataset="digits", init_channels=16, num_cells=6, auxiliary=False, drop_path_rate=0.1,
         epochs=40, batch_size=64, lr=0.05, cutout=None, checkpoint_every=100, log_every=10)
 
-
-# What `digits()` reached on this repository's 2-core CPU machine (filled in from a measured run).
-MEASURED = {}
 
 PRESETS = {"cifar10": cifar10, "imagenet": imagenet, "digits": digits}
 
