@@ -208,7 +208,8 @@ class State:
         steps = max(self.step_in_epoch, 1)
         line = {"epoch": self.epoch, "global_step": self.global_step,
                 "lr": float(trainer.lr.numpy()),
-                "drop_path_prob": float(getattr(trainer.model, "drop_path_prob", 0.0)),
+                "drop_path_prob": float(trainer.model.drop_path_prob.numpy())
+                                  if hasattr(trainer.model, "drop_path_prob") else 0.0,
                 "train_loss": self.sums[0] / steps, "train_accuracy": self.sums[1] / steps,
                 "test_loss": test["loss"], "test_top1": test["top1"], "test_top5": test["top5"]}
         for name in ("test_loss", "test_top1", "test_top5"):
