@@ -327,3 +327,34 @@ if __name__ == "__main__":
 
     search.SearchTrainer.step = _slow_step
     _run(sys.argv[1])
+
+
+def test_searches_a_user_defined_choice_space_and_exports_its_decisions(tmp_path):
+    """The trainer is generic: a Keras model built from LayerChoice / InputChoice is searched
+    through the same loop, and its decisions are exported (NNI's export shape)."""
+
+    def model_fn():
+        inputs = keras.Input((8, 8, 1))
+        stem = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+        block = darts_tf.LayerChoice(
+            [keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv3"),
+             keras.layers.Conv2D(8, 5, padding="same", activation="relu", name="conv5"),
+             keras.layers.MaxPooling2D(3, strides=1, padding="same", name="pool")],
+            label="block")(stem)
+        merged = darts_tf.InputChoice(2, 1, label="skip", candidate_names=["stem", "block"])(
+            [stem, block])
+        logits = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(merged))
+        return keras.Model(inputs, logits)
+
+    config = SearchConfig(dataset="digits", data_limit=200, epochs=2, steps_per_epoch=4,
+                          batch_size=16, alpha_lr=0.05, seed=1, log_every=2)
+    result = search.run(config, tmp_path, model_fn=model_fn)
+    decisions = json.loads((tmp_path / "architecture.json").read_text())
+    assert decisions == result.architecture
+    assert set(decisions) == {"block", "skip"}
+    assert decisions["block"][0] in {"conv3", "conv5", "pool"} and len(decisions["block"]) == 1
+    assert decisions["skip"][0] in {"stem", "block"}
+    # The alphas were trained (they start at 1e-3 * N(0, 1)) and the decisions follow them.
+    block_alpha = next(v for k, v in result.alphas.items() if k.startswith("block"))
+    assert np.abs(block_alpha).max() > 1e-2
+    assert decisions["block"][0] == ["conv3", "conv5", "pool"][int(np.argmax(block_alpha))]
