@@ -14,4 +14,8 @@ from darts_tf.networks import NetworkCIFAR, NetworkImageNet
 from darts_tf.profile import count_multiply_adds
 from darts_tf.supernet import Supernet
 
+__all__ = ["PRIMITIVES", "Genotype", "GenotypeError", "derive_genotype", "load_genotype",
+           "genotypes", "search_space", "InputChoice", "LayerChoice", "collect_choices",
+           "export_decisions", "fixed_arch", "NetworkCIFAR", "NetworkImageNet",
+           "count_multiply_adds", "Supernet"]
 __version__ = "0.1.0"

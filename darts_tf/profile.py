@@ -30,11 +30,10 @@ def count_multiply_adds(model, input_shape) -> dict[str, int]:
             kh, kw, _, _ = op.inputs[1].shape
             counts["depthwise"] += _output_elements(op) * kh * kw
         elif op.type in ("MatMul", "BatchMatMulV2"):
-            a, b = op.inputs[0].shape, op.inputs[1].shape
+            a = op.inputs[0].shape
             inner = a[-1] if not op.get_attr("transpose_a" if op.type == "MatMul" else "adj_x") \
                 else a[-2]
             counts["matmul"] += int(np.prod(op.outputs[0].shape)) * int(inner)
-            del b
     counts["total"] = sum(counts.values())
     return counts
 

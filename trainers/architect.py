@@ -42,6 +42,8 @@ import dataclasses
 
 import tensorflow as tf
 
+from trainers.optim import global_norm  # noqa: F401  (also architect.global_norm)
+
 from darts_tf import search_space
 
 FINITE_DIFFERENCE_R = 1e-2  # eps = r / ||dw'||, quark0 `_hessian_vector_product(r=1e-2)`
@@ -53,11 +55,6 @@ def cross_entropy(logits, labels, global_batch_size: int):
     per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=tf.cast(labels, tf.int32), logits=logits)
     return tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
-
-
-def global_norm(tensors):
-    """sqrt(sum of squares) over a list of tensors (as torch.cat(...).norm())."""
-    return tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(t)) for t in tensors]))
 
 
 def _as_dtype(value, dtype):

@@ -21,8 +21,38 @@ def _check(ok: bool, field: str, value: Any, expected: str) -> None:
         raise ConfigError(f"Invalid config value {field}={value!r}: expected {expected}.")
 
 
+class ConfigIO:
+    """`replace`, JSON out and in, with errors naming the source and the fields: shared by
+    every frozen config dataclass (SearchConfig, RetrainConfig)."""
+
+    def replace(self, **changes):
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ConfigError(f"Unknown config field(s) {unknown} for {type(self).__name__}.")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "<string>"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{source}: not valid JSON ({err}).") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a JSON object, received {type(data).__name__}.")
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"{source}: unknown config field(s) {unknown}.")
+        return cls(**data)
+
+
 @dataclasses.dataclass(frozen=True)
-class SearchConfig:
+class SearchConfig(ConfigIO):
     """A DARTS search. Defaults are the reference's CIFAR-10 search (reference section 1)."""
 
     dataset: str = "cifar10"
@@ -96,25 +126,3 @@ class SearchConfig:
                "an integer >= 0")
         _check(isinstance(self.dataset, str) and bool(self.dataset), "dataset", self.dataset,
                "a data set name")
-
-    def replace(self, **changes) -> "SearchConfig":
-        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            raise ConfigError(f"Unknown config field(s) {unknown} for {type(self).__name__}.")
-        return dataclasses.replace(self, **changes)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str, source: str = "<string>") -> "SearchConfig":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{source}: not valid JSON ({err}).") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a JSON object, received {type(data).__name__}.")
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ConfigError(f"{source}: unknown config field(s) {unknown}.")
-        return cls(**data)

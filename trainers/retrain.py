@@ -15,7 +15,7 @@ that calls `strategy.run` on the per-replica step and `strategy.reduce` on its
 metrics. Per replica: loss = CE(logits) + auxiliary_weight * CE(aux_logits)
 (label-smoothed when configured) averaged over the global batch
 (`tf.nn.compute_average_loss`); the gradients are all-reduced, clipped by
-their global norm and applied by `trainers.search.MomentumSGD` (PyTorch's SGD
+their global norm and applied by `trainers.optim.MomentumSGD` (PyTorch's SGD
 with coupled weight decay: buf = momentum * buf + g + wd * w; w -= lr * buf),
 on every trainable variable, batch-norm scales included, as the reference's
 `model.parameters()`. Learning rate and drop path rate are variables set once
@@ -31,9 +31,10 @@ import keras
 import tensorflow as tf
 
 from trainers import distribute, retrain_state
+from trainers.progress import Progress
 from trainers.config import ConfigError
 from trainers.retrain_config import RetrainConfig
-from trainers.search import MomentumSGD  # the search's weight optimizer, shared
+from trainers.optim import MomentumSGD
 
 
 class RetrainDivergedError(FloatingPointError):
@@ -196,8 +197,8 @@ def _train_epoch(trainer: RetrainTrainer, state: "retrain_state.State", data_fn)
     ds = ds.skip(state.step_in_epoch)
     if config.steps_per_epoch:
         ds = ds.take(config.steps_per_epoch - state.step_in_epoch)
-    progress = retrain_state.Progress(state.epoch, config.epochs, steps, config.log_every,
-                                      state.step_in_epoch)
+    progress = Progress(state.epoch, config.epochs, steps, config.log_every, state.step_in_epoch,
+                        stateful_metrics=["loss", "accuracy"])
     for batch in trainer.strategy.experimental_distribute_dataset(ds):
         metrics = {k: float(v) for k, v in trainer.train_step(batch).items()}
         if not math.isfinite(metrics["loss"]):

@@ -8,16 +8,11 @@ per field (`trainers/cli.py`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from typing import Any
 
-from trainers.config import ConfigError
-
-
-def _check(ok: bool, field: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"Invalid config value {field}={value!r}: expected {expected}.")
+from trainers.config import ConfigIO
+from trainers.config import _check  # pylint: disable=unused-import  (one message format)
 
 
 def _is_int(value: Any) -> bool:
@@ -30,7 +25,7 @@ def _is_number(value: Any) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class RetrainConfig:
+class RetrainConfig(ConfigIO):
     """Retraining of a fixed genotype. Defaults: the reference CIFAR-10 recipe (600 epochs)."""
 
     genotype: str = "DARTS_V2"            # anything darts_tf.load_genotype accepts
@@ -122,27 +117,3 @@ class RetrainConfig:
         """`drop_path_rate * epoch / epochs` (`cnn/train.py` L100): 0 in the first epoch."""
         return self.drop_path_rate * epoch / self.epochs
 
-    def replace(self, **changes) -> "RetrainConfig":
-        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            raise ConfigError(f"Unknown config field(s) {unknown} for {type(self).__name__}.")
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str, source: str = "<string>") -> "RetrainConfig":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{source}: not valid JSON ({err}).") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a JSON object, received {type(data).__name__}.")
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ConfigError(f"{source}: unknown config field(s) {unknown}.")
-        return cls(**data)

@@ -12,7 +12,6 @@ import functools
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -113,26 +112,6 @@ def _check_previous_run(config: RetrainConfig, genotype, workdir: Path) -> None:
     if changed:
         raise ConfigError(f"{workdir} holds a run with different {changed}: resume it with the "
                           "same config or use a new work directory.")
-
-
-class Progress:
-    """A Keras progress bar on a TTY, a plain line every `log_every` steps otherwise."""
-
-    def __init__(self, epoch, epochs, steps, log_every, start_step):
-        self.epoch, self.steps, self.log_every = epoch, steps, log_every
-        self.bar = None
-        if sys.stdout.isatty():
-            print(f"Epoch {epoch + 1}/{epochs}")
-            self.bar = keras.utils.Progbar(steps, stateful_metrics=["loss", "accuracy"])
-            if start_step:
-                self.bar.update(start_step)
-
-    def update(self, step, metrics):
-        if self.bar is not None:
-            self.bar.update(step, values=list(metrics.items()))
-        elif step % self.log_every == 0:
-            values = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-            print(f"epoch {self.epoch} step {step}/{self.steps or '?'} {values}", flush=True)
 
 
 class State:

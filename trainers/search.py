@@ -29,7 +29,6 @@ import functools
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import keras
@@ -39,6 +38,8 @@ import tensorflow as tf
 from darts_tf import search_space
 from trainers import architect as architect_lib
 from trainers import distribute
+from trainers.optim import MomentumSGD, assign_from_replicas, tf_variable
+from trainers.progress import Progress
 from trainers.config import ConfigError, SearchConfig
 
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -52,69 +53,6 @@ def cosine_lr(config: SearchConfig, epoch: int) -> float:
     """CosineAnnealingLR(T_max=epochs, eta_min=w_lr_min), stepped at each epoch start."""
     return config.w_lr_min + (config.w_lr - config.w_lr_min) * (
         1 + math.cos(math.pi * epoch / config.epochs)) / 2
-
-
-def _tf_variable(v):
-    """The tf.Variable (possibly a MirroredVariable) behind a Keras variable."""
-    return v.value if isinstance(v, keras.Variable) else v
-
-
-def _assign_from_replicas(variables, values):
-    """Assigns values computed on each replica, in cross-replica context (as Keras optimizers).
-
-    Call from replica context with values that are already identical on all
-    replicas (all-reduced); every copy of every variable gets its replica's value.
-    """
-    def assign(strategy, values):
-        for var, value in zip(variables, values):
-            strategy.extended.update(_tf_variable(var), lambda v, t: v.assign(t),
-                                     args=(value,), group=False)
-    tf.distribute.get_replica_context().merge_call(assign, args=(values,))
-
-
-class MomentumSGD(tf.Module):
-    """torch.optim.SGD(momentum, weight_decay) preceded by clip_grad_norm_(clip_norm).
-
-    Per variable w with gradient g (all-reduced, then clipped by the global norm
-    of all gradients: g *= min(1, clip / (||g|| + 1e-6)); clip = 0 disables)::
-
-        buf = momentum * buf + (g + weight_decay * w)     # buf starts at zeros
-        w   = w - lr * buf
-
-    `momentum_buffers` are what the unrolled architect needs for its virtual step.
-    """
-
-    def __init__(self, variables, *, momentum: float, weight_decay: float, clip_norm: float):
-        super().__init__(name="momentum_sgd")
-        self.momentum, self.weight_decay, self.clip_norm = momentum, weight_decay, clip_norm
-        self.momentum_buffers = [
-            tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False,
-                        name="momentum_" + v.path.replace("/", "_"))
-            for v in variables]
-
-    def apply(self, grads, variables, lr):
-        """One update, called on each replica with this replica's gradient share."""
-        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
-        grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        if self.clip_norm:
-            norm = architect_lib.global_norm(grads)
-            coef = tf.minimum(self.clip_norm / (norm + 1e-6), 1.0)
-            grads = [g * tf.cast(coef, g.dtype) for g in grads]
-
-        def update(strategy, grads):
-            for var, buf, g in zip(variables, self.momentum_buffers, grads):
-                strategy.extended.update(buf, self._update_buffer, args=(g, _tf_variable(var)),
-                                         group=False)
-                strategy.extended.update(_tf_variable(var), self._update_variable,
-                                         args=(buf, lr), group=False)
-        tf.distribute.get_replica_context().merge_call(update, args=(grads,))
-
-    def _update_buffer(self, buf, g, var):
-        return buf.assign(self.momentum * buf + g + self.weight_decay * var)
-
-    @staticmethod
-    def _update_variable(var, buf, lr):
-        return var.assign_sub(tf.cast(lr, var.dtype) * buf)
 
 
 class SearchTrainer:
@@ -220,7 +158,7 @@ class SearchTrainer:
         values = list(values)
         for i, v in zip(floats, reduced):
             values[i] = v
-        _assign_from_replicas(variables, values)
+        assign_from_replicas(variables, values)
 
     # Checkpoints ---------------------------------------------------------------------------
 
@@ -233,7 +171,7 @@ class SearchTrainer:
         or in the ops' batch-norm dicts).
         """
         variables = dict(zip(variable_names(self.model, self.model.variables),
-                             (_tf_variable(v) for v in self.model.variables)))
+                             (tf_variable(v) for v in self.model.variables)))
         return tf.train.Checkpoint(model_variables=variables, w_opt=self.w_opt,
                                    a_opt=self.a_opt, w_lr=self.lr, **counters)
 
@@ -303,26 +241,6 @@ def _write_json(path: Path, data) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
-
-
-class _Progress:
-    """A Keras progress bar on a TTY, a plain line every `log_every` steps otherwise."""
-
-    def __init__(self, epoch, epochs, steps, log_every, start_step):
-        self.epoch, self.epochs, self.steps, self.log_every = epoch, epochs, steps, log_every
-        self.bar = None
-        if sys.stdout.isatty():
-            print(f"Epoch {epoch + 1}/{epochs}")
-            self.bar = keras.utils.Progbar(steps)  # running means over the epoch
-            if start_step:
-                self.bar.update(start_step)
-
-    def update(self, step, metrics):
-        if self.bar is not None:
-            self.bar.update(step, values=list(metrics.items()))
-        elif step % self.log_every == 0:
-            values = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-            print(f"epoch {self.epoch} step {step}/{self.steps or '?'} {values}", flush=True)
 
 
 def _check_config(config, workdir: Path) -> SearchConfig:
@@ -428,7 +346,7 @@ def _run_epoch(trainer: SearchTrainer, state: _State, data_fn) -> None:
         ds = ds.take(config.steps_per_epoch)
     steps = int(ds.cardinality()) if int(ds.cardinality()) >= 0 else None
     ds = ds.skip(state.step_in_epoch)  # resume mid-epoch on the same batches
-    progress = _Progress(state.epoch, config.epochs, steps, config.log_every, state.step_in_epoch)
+    progress = Progress(state.epoch, config.epochs, steps, config.log_every, state.step_in_epoch)
     for train_batch, val_batch in trainer.strategy.experimental_distribute_dataset(ds):
         metrics = {k: float(v) for k, v in trainer.step(train_batch, val_batch).items()}
         state.step_in_epoch += 1

@@ -1,0 +1,76 @@
+r"""Retraining benchmark: images per second and exported-model latency.
+
+    python bench/retrain_step.py [--steps=6] [--batch=96]
+
+NetworkCIFAR(DARTS_V2, C=36, 20 cells, auxiliary head, drop path 0.2) trained by
+trainers/retrain.py's step (SGD, auxiliary loss, drop path) on random 32x32x3
+batches of 96 (the reference recipe); then the model is exported with
+`model.export()` and the SavedModel's latency measured with plain
+`tf.saved_model.load` at batch 1 and 96. One JSON line.
+"""
+from __future__ import annotations
+
+import time
+
+T0 = time.time()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import tempfile  # noqa: E402
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=96)
+    args = parser.parse_args()
+
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    import darts_tf  # pylint: disable=import-outside-toplevel
+    from trainers import retrain  # pylint: disable=import-outside-toplevel
+    from trainers.retrain_config import RetrainConfig  # pylint: disable=import-outside-toplevel
+
+    config = RetrainConfig(batch_size=args.batch)
+    trainer = retrain.RetrainTrainer(
+        lambda: darts_tf.NetworkCIFAR(darts_tf.genotypes.DARTS_V2), config,
+        tf.distribute.get_strategy(), input_shape=(32, 32, 3), num_classes=10)
+    trainer.set_epoch(300)  # drop path at half its final rate, as mid-run
+    rng = np.random.default_rng(0)
+    times = []
+    for _ in range(args.steps):
+        batch = (tf.constant(rng.normal(size=(args.batch, 32, 32, 3)).astype(np.float32)),
+                 tf.constant(rng.integers(0, 10, size=args.batch).astype(np.int32)))
+        start = time.time()
+        float(trainer.train_step(batch)["loss"])
+        times.append(time.time() - start)
+    step = float(np.median(times[1:]))
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer.model.export(os.path.join(tmp, "saved"), verbose=False)
+        served = tf.saved_model.load(os.path.join(tmp, "saved"))
+        latency = {}
+        for batch in (1, args.batch):
+            x = tf.constant(rng.normal(size=(batch, 32, 32, 3)).astype(np.float32))
+            served.serve(x).numpy()
+            runs = []
+            for _ in range(5):
+                start = time.time()
+                served.serve(x).numpy()
+                runs.append(time.time() - start)
+            latency[f"latency_ms_batch_{batch}"] = round(1000 * float(np.median(runs)), 1)
+    print(json.dumps({"model": "NetworkCIFAR DARTS_V2 C=36 cells=20 aux drop_path",
+                      "batch": args.batch, "first_step_s": round(times[0], 1),
+                      "step_s_median": round(step, 2),
+                      "images_per_s": round(args.batch / step, 1), **latency,
+                      "total_s": round(time.time() - T0, 1),
+                      "peak_rss_gb": round(
+                          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}))
+
+
+if __name__ == "__main__":
+    main()
