@@ -204,7 +204,8 @@ def _source(name, split, start, stop, data_dir, shuffle_seed=None):
     # Ordered data sets (disable_shuffling) refuse file shuffling; the buffer still shuffles.
     shuffle_files = shuffle_seed is not None and not builder.info.disable_shuffling
     try:  # Images stay encoded until after the shuffle buffer: decoded ImageNet would not fit.
-        ds = builder.as_dataset(
+        ds = tfds.load(
+            name, data_dir=data_dir, download=False,  # offline: never fetch
             split=split, decoders={image_key: tfds.decode.SkipDecoding()},
             shuffle_files=shuffle_files,
             read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed,
