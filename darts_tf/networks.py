@@ -146,6 +146,7 @@ class _FixedNetwork(keras.Model):
         self.built = True
 
     def call(self, inputs, training=None, return_aux=False):
+        inputs = tf.cast(inputs, self.compute_dtype)  # float16/bfloat16 under mixed precision
         if self._imagenet:
             s0, s1 = self.stem(inputs, training=training)
         else:

@@ -121,9 +121,19 @@ def _valid_count_scale(height, width, stride):
 
 
 def _conv(x, kernel, stride=1, padding=0, dilation=1):
-    """A full conv with PyTorch padding semantics."""
+    """A full (or grouped) conv with PyTorch padding semantics."""
+    kernel = tf.cast(kernel, x.dtype)
+    groups = x.shape[-1] // kernel.shape[2]
+    if groups > 1 and x.dtype == tf.float16 and kernel.shape[:2] == (1, 1) and stride == 1:
+        # TensorFlow's CPU kernels have no float16 gradient for grouped convolutions; a grouped
+        # 1x1 conv is a batched matmul per group (the same function).
+        c_in, c_out = kernel.shape[2], kernel.shape[3] // groups
+        xg = tf.reshape(x, [-1, x.shape[1], x.shape[2], groups, c_in])
+        kg = tf.transpose(tf.reshape(kernel, [c_in, groups, c_out]), [1, 0, 2])
+        y = tf.einsum("nhwgc,gcd->nhwgd", xg, kg)
+        return tf.reshape(y, [-1, x.shape[1], x.shape[2], groups * c_out])
     pads = [[0, 0], [padding, padding], [padding, padding], [0, 0]]
-    return tf.nn.conv2d(x, tf.cast(kernel, x.dtype), strides=stride, padding=pads if padding else "VALID",
+    return tf.nn.conv2d(x, kernel, strides=stride, padding=pads if padding else "VALID",
                         dilations=dilation)
 
 

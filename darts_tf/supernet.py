@@ -116,11 +116,12 @@ class Supernet(keras.Model):
         shape = (cells.num_edges(num_nodes), len(self.primitives))
         # 1e-3 * N(0, 1) as the reference; one initializer each (a shared unseeded
         # Keras initializer gives both matrices the same values).
+        # Under mixed precision the alphas and their softmax stay float32 (autocast off).
         self.alpha_normal = self.add_weight(
-            name="alpha_normal", shape=shape,
+            name="alpha_normal", shape=shape, autocast=False,
             initializer=keras.initializers.RandomNormal(stddev=1e-3))
         self.alpha_reduce = self.add_weight(
-            name="alpha_reduce", shape=shape,
+            name="alpha_reduce", shape=shape, autocast=False,
             initializer=keras.initializers.RandomNormal(stddev=1e-3))
         # Not marked built: the first call records the input shape (model.export needs it);
         # build() itself has nothing left to create.
@@ -142,6 +143,9 @@ class Supernet(keras.Model):
     def call(self, inputs, training=None):
         weights_normal = tf.nn.softmax(tf.convert_to_tensor(self.alpha_normal), axis=-1)
         weights_reduce = tf.nn.softmax(tf.convert_to_tensor(self.alpha_reduce), axis=-1)
+        # Compute dtype (float16/bfloat16 under mixed precision); stateless_call skips
+        # Keras' input casting, so cast here.
+        inputs = tf.cast(inputs, self.compute_dtype)
         s0 = s1 = self.stem(inputs, training=training)
         for cell in self.cells:
             weights = weights_reduce if cell.spec.reduction else weights_normal

@@ -99,7 +99,7 @@ class Architect:
 
     def __init__(self, model, *, global_batch_size: int, unrolled: bool = False,
                  hessian: str = "finite_difference", momentum: float = 0.0,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, loss_scale=None):
         if hessian not in ("finite_difference", "exact"):
             raise ValueError(f"hessian must be 'finite_difference' or 'exact'. Received: "
                              f"hessian={hessian!r}")
@@ -109,6 +109,7 @@ class Architect:
         self.hessian = hessian
         self.momentum = float(momentum)
         self.weight_decay = float(weight_decay)
+        self.loss_scale = loss_scale  # a float32 variable under float16 compute, else None
         arch_ids = {id(v) for v in search_space.arch_variables(model)}
         trainable = model.trainable_variables
         self.arch_index = [i for i, v in enumerate(trainable) if id(v) in arch_ids]
@@ -153,6 +154,20 @@ class Architect:
 
     # The gradients ------------------------------------------------------------------------
 
+    def gradient(self, tape, target, sources):
+        """tape.gradient, with loss scaling under float16 compute (`loss_scale` not None).
+
+        The backward pass starts from `loss_scale` instead of 1 (the same as
+        differentiating loss * scale, without recomputing it), so that small float16
+        gradients do not flush to zero; the results are divided by the scale again.
+        Overflow shows up as non-finite gradients, which the trainer checks.
+        """
+        if self.loss_scale is None:
+            return tape.gradient(target, sources)
+        scale = tf.convert_to_tensor(self.loss_scale)
+        grads = tape.gradient(target, sources, output_gradients=tf.cast(scale, target.dtype))
+        return [None if g is None else g / tf.cast(scale, g.dtype) for g in grads]
+
     def gradients(self, train_batch, val_batch, lr=None, momentum_buffers=None) -> ArchGradients:
         """The architecture gradient at the model's current values (see the module docstring).
 
@@ -171,7 +186,7 @@ class Architect:
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(w_virtual + a)
             val_loss, val_logits, _ = self.loss(w_virtual, a, nt, val_batch)
-        grads = tape.gradient(val_loss, w_virtual + a)
+        grads = self.gradient(tape, val_loss, w_virtual + a)
         dw, dalpha = _all_reduce_sum(grads[:len(w)]), grads[len(w):]
         hvp = self.hessian_vector_product(w, a, nt, train_batch, dw)
         xi = _as_dtype(lr, a[0].dtype)
@@ -182,7 +197,7 @@ class Architect:
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(a)
             loss, logits, _ = self.loss(w, a, nt, batch)
-        return loss, logits, tape.gradient(loss, a)
+        return loss, logits, self.gradient(tape, loss, a)
 
     def virtual_step(self, w, a, nt, train_batch, lr, momentum_buffers=None):
         """w' = w - xi * (mu * buf + grad_w L_train(w, a) + wd * w), as new tensors (eq. 6).
@@ -192,7 +207,7 @@ class Architect:
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(w)
             train_loss, _, _ = self.loss(w, a, nt, train_batch)
-        grads = _all_reduce_sum(tape.gradient(train_loss, w))
+        grads = _all_reduce_sum(self.gradient(tape, train_loss, w))
         if momentum_buffers is None:
             momentum_buffers = [tf.zeros_like(v) for v in w]
         w_virtual = []
@@ -210,9 +225,9 @@ class Architect:
                 with tf.GradientTape(watch_accessed_variables=False) as inner:
                     inner.watch(w)
                     loss, _, _ = self.loss(w, a, nt, train_batch)
-                grad_w = inner.gradient(loss, w)
+                grad_w = self.gradient(inner, loss, w)
                 dot = tf.add_n([tf.reduce_sum(g * v) for g, v in zip(grad_w, vector)])
-            return outer.gradient(dot, a)
+            return self.gradient(outer, dot, a)
         # A zero direction would give eps = inf and 0 * inf = nan; its product is 0 anyway.
         eps = FINITE_DIFFERENCE_R / tf.maximum(global_norm(vector), 1e-30)
         w_plus = [v + tf.cast(eps, v.dtype) * d for v, d in zip(w, vector)]

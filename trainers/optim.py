@@ -54,10 +54,15 @@ class MomentumSGD(tf.Module):
                         name="momentum_" + v.path.replace("/", "_"))
             for v in variables]
 
-    def apply(self, grads, variables, lr):
-        """One update, called on each replica with this replica's gradient share."""
+    def apply(self, grads, variables, lr, apply_if=None):
+        """One update, called on each replica with this replica's gradient share.
+
+        `apply_if`: a boolean scalar, the same on every replica (e.g. "the gradients are
+        finite" under loss scaling); when False, weights and buffers stay as they are.
+        """
         grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
         grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        self._apply_if = apply_if
         if self.clip_norm:
             norm = global_norm(grads)
             coef = tf.minimum(self.clip_norm / (norm + 1e-6), 1.0)
@@ -72,8 +77,65 @@ class MomentumSGD(tf.Module):
         tf.distribute.get_replica_context().merge_call(update, args=(grads,))
 
     def _update_buffer(self, buf, g, var):
-        return buf.assign(self.momentum * buf + g + self.weight_decay * var)
+        return buf.assign(_keep_unless(self._apply_if, self.momentum * buf + g + self.weight_decay * var, buf))
 
-    @staticmethod
-    def _update_variable(var, buf, lr):
-        return var.assign_sub(tf.cast(lr, var.dtype) * buf)
+    def _update_variable(self, var, buf, lr):
+        return var.assign(_keep_unless(self._apply_if, var - tf.cast(lr, var.dtype) * buf, var))
+
+
+def _keep_unless(apply_if, new, old):
+    """`new`, or `old` where the update is skipped (`apply_if` False)."""
+    return new if apply_if is None else tf.where(apply_if, new, old)
+
+
+class Adam(tf.Module):
+    """torch.optim.Adam(betas, eps, weight_decay) for the alphas, written for tf.distribute.
+
+    Per variable a with gradient g (all-reduced), at step t (from 1)::
+
+        g = g + weight_decay * a                       # coupled decay, as PyTorch
+        m = b1 * m + (1 - b1) * g;  v = b2 * v + (1 - b2) * g^2
+        a = a - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+
+    `apply_if` skips a step entirely (moments, step count and variables unchanged).
+    """
+
+    def __init__(self, variables, *, learning_rate, beta_1, beta_2, epsilon=1e-8,
+                 weight_decay=0.0):
+        super().__init__(name="adam")
+        self.learning_rate, self.beta_1, self.beta_2 = learning_rate, beta_1, beta_2
+        self.epsilon, self.weight_decay = epsilon, weight_decay
+        self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="adam_step")
+        self.m = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False,
+                              name="adam_m_" + v.path.replace("/", "_")) for v in variables]
+        self.v = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False,
+                              name="adam_v_" + v.path.replace("/", "_")) for v in variables]
+
+    def apply(self, grads, variables, apply_if=None):
+        """One update, called on each replica with this replica's gradient share."""
+        grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        t = tf.cast(tf.convert_to_tensor(self.iterations) + 1, tf.float32)  # this step's t
+
+        def update(strategy, grads):
+            for var, m, v, g in zip(variables, self.m, self.v, grads):
+                tv = tf_variable(var)
+                strategy.extended.update(m, self._moment, args=(g, tv, 1, apply_if), group=False)
+                strategy.extended.update(v, self._moment, args=(g, tv, 2, apply_if), group=False)
+                strategy.extended.update(tv, self._step, args=(m, v, t, apply_if), group=False)
+            strategy.extended.update(
+                self.iterations, lambda it: it.assign(_keep_unless(apply_if, it + 1, it)),
+                group=False)
+        tf.distribute.get_replica_context().merge_call(update, args=(grads,))
+
+    def _moment(self, moment, g, var, power, apply_if):
+        """m (power 1) or v (power 2) of the coupled-decay gradient g + wd * var."""
+        g = g + self.weight_decay * var
+        beta = self.beta_1 if power == 1 else self.beta_2
+        value = g if power == 1 else tf.square(g)
+        return moment.assign(_keep_unless(apply_if, beta * moment + (1.0 - beta) * value, moment))
+
+    def _step(self, var, m, v, t, apply_if):
+        m_hat = m / (1.0 - tf.pow(self.beta_1, t))
+        v_hat = v / (1.0 - tf.pow(self.beta_2, t))
+        new = var - self.learning_rate * m_hat / (tf.sqrt(v_hat) + self.epsilon)
+        return var.assign(_keep_unless(apply_if, new, var))

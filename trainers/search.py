@@ -38,7 +38,7 @@ import tensorflow as tf
 from darts_tf import search_space
 from trainers import architect as architect_lib
 from trainers import distribute
-from trainers.optim import MomentumSGD, assign_from_replicas, tf_variable
+from trainers.optim import Adam, MomentumSGD, assign_from_replicas, tf_variable
 from trainers.progress import Progress
 from trainers.config import ConfigError, SearchConfig
 
@@ -75,26 +75,31 @@ class SearchTrainer:
         if config.jit_compile and replicas > 1:
             raise ConfigError("Invalid config value jit_compile=True: only supported with one "
                               f"replica (the strategy has {replicas}).")
-        if config.mixed_precision is not None:
-            raise ConfigError(f"Invalid config value mixed_precision={config.mixed_precision!r}: "
-                              "the search trainer supports float32 only (None).")
         with self.strategy.scope():
-            self.model = model_fn()
-            self.model.build((None, *input_shape))
+            self.model = _build_model(model_fn, input_shape, config.mixed_precision)
+            # Loss scaling under float16 compute: dynamic, as Keras' LossScaleOptimizer (start
+            # 2^15, halve on overflow and skip the update, double after `growth_steps` good
+            # steps). bfloat16 has float32's range and needs none. The same on every replica.
+            self.loss_scale = self.good_steps = None
+            if config.mixed_precision == "mixed_float16":
+                first = tf.VariableAggregation.ONLY_FIRST_REPLICA
+                self.loss_scale = tf.Variable(2.0 ** 15, trainable=False, name="loss_scale",
+                                              aggregation=first)
+                self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                              name="loss_scale_good_steps", aggregation=first)
             self.architect = architect_lib.Architect(
                 self.model, global_batch_size=config.batch_size, unrolled=config.unrolled,
                 hessian=config.hessian, momentum=config.w_momentum,
-                weight_decay=config.w_weight_decay)
+                weight_decay=config.w_weight_decay, loss_scale=self.loss_scale)
+            # Optimizer state stays float32 (the variables are float32 under mixed precision).
             self.w_opt = MomentumSGD(self.architect.weight_variables, momentum=config.w_momentum,
                                      weight_decay=config.w_weight_decay,
                                      clip_norm=config.w_grad_clip)
-            # PyTorch's Adam eps (1e-8); Keras adds it to sqrt(v_hat * (1 - b2^t)), PyTorch to
-            # sqrt(v_hat): equal up to that epsilon scaling.
-            self.a_opt = keras.optimizers.Adam(
-                learning_rate=config.alpha_lr, beta_1=config.alpha_beta1,
-                beta_2=config.alpha_beta2, epsilon=1e-8)
-            self.a_opt.build(self.architect.arch_variables)
+            self.a_opt = Adam(self.architect.arch_variables, learning_rate=config.alpha_lr,
+                              beta_1=config.alpha_beta1, beta_2=config.alpha_beta2,
+                              epsilon=1e-8, weight_decay=config.alpha_weight_decay)
             self.lr = tf.Variable(cosine_lr(config, 0), trainable=False, name="w_lr")
+        self.growth_steps = 2000
         self.step_traces = 0
         replica_step = self._replica_step
         if config.jit_compile:
@@ -123,25 +128,44 @@ class SearchTrainer:
         """Runs on each replica: the architecture step, then the weight step."""
         arch = self.architect
         alphas = arch.arch_variables
-        # Architecture step.
+        # Architecture step (Adam adds the coupled weight decay after the all-reduce).
         buffers = [tf.convert_to_tensor(b) for b in self.w_opt.momentum_buffers]
-        alpha_values = [tf.convert_to_tensor(a) for a in alphas]
         result = arch.gradients(train_batch, val_batch, lr=self.lr, momentum_buffers=buffers)
-        # Coupled weight decay (PyTorch Adam): grad + wd * alpha once after the optimizer's
-        # all-reduce sum, so each replica adds its 1/R share.
-        share = self.config.alpha_weight_decay / self.strategy.num_replicas_in_sync
-        grads = [g + share * a for g, a in zip(result.grads, alpha_values)]
-        self.a_opt.apply_gradients(zip(grads, alphas))
+        arch_ok = self._all_finite(result.grads)
+        self.a_opt.apply(result.grads, alphas, apply_if=arch_ok)
         # Weight step (reads the updated alphas).
         w, a, nt = arch.read_values()
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(w)
             loss, logits, new_nt = arch.loss(w, a, nt, train_batch)
-        self.w_opt.apply(tape.gradient(loss, w), arch.weight_variables, self.lr)
+        w_grads = arch.gradient(tape, loss, w)
+        weights_ok = self._all_finite(w_grads)
+        self.w_opt.apply(w_grads, arch.weight_variables, self.lr, apply_if=weights_ok)
         self._update_non_trainables(new_nt)
+        self._update_loss_scale(arch_ok, weights_ok)
         return {"loss": loss, "accuracy": self._correct(logits, train_batch[1]),
                 "val_loss": result.val_loss,
                 "val_accuracy": self._correct(result.val_logits, val_batch[1])}
+
+    def _all_finite(self, grads):
+        """Whether every replica's gradients are finite (None without loss scaling: no check)."""
+        if self.loss_scale is None:
+            return None
+        bad = tf.add_n([tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(g)), tf.float32))
+                        for g in grads if g is not None])
+        ctx = tf.distribute.get_replica_context()
+        return tf.equal(ctx.all_reduce(tf.distribute.ReduceOp.SUM, bad), 0.0)
+
+    def _update_loss_scale(self, arch_ok, weights_ok):
+        if self.loss_scale is None:
+            return
+        ok = tf.logical_and(arch_ok, weights_ok)
+        good = tf.where(ok, self.good_steps + 1, tf.zeros_like(self.good_steps))
+        grow = good >= self.growth_steps
+        scale = tf.where(ok, tf.where(grow, self.loss_scale * 2.0, self.loss_scale),
+                         tf.maximum(self.loss_scale / 2.0, 1.0))
+        self.loss_scale.assign(scale)
+        self.good_steps.assign(tf.where(grow, tf.zeros_like(good), good))
 
     def _correct(self, logits, labels):
         hits = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), tf.cast(labels, tf.int32))
@@ -172,6 +196,8 @@ class SearchTrainer:
         """
         variables = dict(zip(variable_names(self.model, self.model.variables),
                              (tf_variable(v) for v in self.model.variables)))
+        if self.loss_scale is not None:
+            counters = {**counters, "loss_scale": self.loss_scale, "good_steps": self.good_steps}
         return tf.train.Checkpoint(model_variables=variables, w_opt=self.w_opt,
                                    a_opt=self.a_opt, w_lr=self.lr, **counters)
 
@@ -180,6 +206,20 @@ class SearchTrainer:
         alphas = self.architect.arch_variables
         names = variable_names(self.model, alphas)
         return {k: np.asarray(v.numpy()) for k, v in zip(names, alphas)}
+
+
+def _build_model(model_fn, input_shape, mixed_precision):
+    """model_fn() built on `input_shape`, under the dtype policy `mixed_precision` (or the
+    current one): float16/bfloat16 compute, float32 variables (alphas included)."""
+    previous = keras.config.dtype_policy()
+    if mixed_precision:
+        keras.config.set_dtype_policy(mixed_precision)
+    try:
+        model = model_fn()
+        model.build((None, *input_shape))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    return model
 
 
 def variable_names(model, variables) -> list[str]:
