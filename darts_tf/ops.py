@@ -149,10 +149,10 @@ def _depthwise(x, kernel, stride=1, padding=0, dilation=1):
         assert stride == dilation == 2 and padding % 2 == 0, (stride, dilation, padding)
         x = x[:, ::2, ::2, :]
         stride, dilation, padding = 1, 1, padding // 2
-    if padding:
-        x = tf.pad(x, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
+    # Explicit padding inside the conv op: no padded copy of x is kept for the backward pass.
+    pads = [[0, 0], [padding, padding], [padding, padding], [0, 0]] if padding else "VALID"
     return tf.nn.depthwise_conv2d(x, tf.cast(kernel, x.dtype), strides=[1, stride, stride, 1],
-                                  padding="VALID", dilations=[dilation, dilation])
+                                  padding=pads, dilations=[dilation, dilation])
 
 
 class Zero(Op):
@@ -200,7 +200,13 @@ class Pool(Op):
     def call(self, x, training=None):
         pads = [[0, 0], [1, 1], [1, 1], [0, 0]]
         window, strides = [1, 3, 3, 1], [1, self.stride, self.stride, 1]
-        if self.mode == "max":
+        if self.stride == 1:
+            # At stride 1 TensorFlow's "SAME" pads 1 on each side, ignores the padding in max
+            # pooling and divides by the valid elements in average pooling: the reference's
+            # function, without a padded copy of x.
+            pool = tf.nn.max_pool2d if self.mode == "max" else tf.nn.avg_pool2d
+            y = pool(x, 3, 1, "SAME")
+        elif self.mode == "max":
             y = tf.nn.max_pool2d(tf.pad(x, pads, constant_values=float("-inf")), 3,
                                  self.stride, "VALID")
         else:
