@@ -379,3 +379,14 @@ def test_jit_compile_option_computes_the_same_step():
     assert abs(loss - jit_loss) < 1e-4
     for a, b in zip(plain, jitted):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_determinism_is_scoped_to_the_run(reference):
+    """deterministic=True switches TensorFlow's process-wide op determinism on for the run
+    only; XLA cannot be deterministic here, so that combination is refused."""
+    from tensorflow.python.framework import config as tf_config
+
+    assert RUN_CONFIG.deterministic and reference[0].global_step == 12
+    assert not tf_config.is_op_determinism_enabled()
+    with pytest.raises(ConfigError, match="jit_compile=True"):
+        RUN_CONFIG.replace(jit_compile=True)

@@ -122,6 +122,9 @@ class SearchConfig(ConfigIO):
         _check(self.mixed_precision in (None, "mixed_float16", "mixed_bfloat16"),
                "mixed_precision", self.mixed_precision,
                "None, 'mixed_float16' or 'mixed_bfloat16'")
+        _check(not (self.jit_compile and self.deterministic), "jit_compile", self.jit_compile,
+               "False when deterministic=True (XLA's max-pool gradient has no deterministic "
+               "implementation)")
         _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed,
                "an integer >= 0")
         _check(isinstance(self.dataset, str) and bool(self.dataset), "dataset", self.dataset,

@@ -1,4 +1,5 @@
-"""The one place where trainers choose a tf.distribute strategy and ask who writes files.
+"""The execution environment of a run: which tf.distribute strategy, who writes files, and
+whether ops are deterministic.
 
 Search and retraining both go through `make_strategy` (config field `strategy`:
 default | mirrored | multi_worker) and, under several workers, write their work
@@ -7,6 +8,7 @@ TensorFlow's multi-worker checkpointing wants every worker to save).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 
@@ -57,3 +59,22 @@ def output_dir(strategy, workdir: Path) -> Path:
         return Path(workdir)
     resolver = strategy.cluster_resolver
     return Path(workdir) / f".{resolver.task_type}_{resolver.task_id}"
+
+
+@contextlib.contextmanager
+def op_determinism(enabled: bool):
+    """Deterministic TensorFlow ops for the duration of a run, when `enabled`.
+
+    The switch is process-wide; it is turned back off afterwards, so that a later run
+    in the same process (a KerasTuner trial, a test) is not silently deterministic.
+    """
+    from tensorflow.python.framework import config as tf_config  # pylint: disable=import-outside-toplevel
+
+    switch = enabled and not tf_config.is_op_determinism_enabled()
+    if switch:
+        tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if switch:
+            tf_config.disable_op_determinism()

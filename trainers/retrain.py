@@ -170,9 +170,12 @@ def run(config: RetrainConfig, workdir: str, data_fn=None, eval_fn=None) -> Retr
       RetrainDivergedError: the loss became NaN/inf (named with epoch and step).
     """
     setup = retrain_state.prepare(config, workdir, data_fn, eval_fn)
-    config, workdir, spec = setup.config, Path(workdir), setup.spec
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
+    with distribute.op_determinism(setup.config.deterministic):
+        return _run(setup, Path(workdir))
+
+
+def _run(setup, workdir: Path) -> RetrainResult:
+    config, spec = setup.config, setup.spec
     keras.utils.set_random_seed(config.seed)
     trainer = RetrainTrainer(setup.model_fn, config, distribute.make_strategy(config.strategy),
                              input_shape=spec.image_shape, num_classes=spec.num_classes)

@@ -316,8 +316,11 @@ def run(config: SearchConfig, workdir: str, model_fn=None, data_fn=None) -> Sear
       SearchDivergedError: the loss became NaN/inf; no checkpoint is written after that step.
     """
     config = _check_config(config, Path(workdir))
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
+    with distribute.op_determinism(config.deterministic):
+        return _run(config, workdir, model_fn, data_fn)
+
+
+def _run(config: SearchConfig, workdir: str, model_fn, data_fn) -> SearchResult:
     keras.utils.set_random_seed(config.seed)
     strategy = make_strategy(config.strategy)
     # Under several workers only the chief writes `workdir`; the others keep their own
