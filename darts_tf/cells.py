@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from darts_tf import ops
@@ -101,7 +102,8 @@ class MixedOp(keras.layers.Layer):
         """
         x = inputs[0] if len(inputs) == 1 else tf.concat(inputs, axis=-1)
         # Per-channel weights: edge e's weight for op k on its `channels` channels.
-        per_channel = tf.repeat(tf.cast(weights, x.dtype), self.channels, axis=0)
+        per_channel = tf.gather(tf.cast(weights, x.dtype),
+                                np.repeat(np.arange(self.num_inputs), self.channels))
         columns = tf.unstack(per_channel, axis=1)
         y = tf.add_n([columns[i] * op(x, training=training)
                       for i, op in zip(self._indices, self.candidates)])

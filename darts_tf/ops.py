@@ -25,6 +25,7 @@ statistics are created with `aggregation="mean"` so that under a
 from __future__ import annotations
 
 import functools
+import weakref
 from typing import Callable
 
 import numpy as np
@@ -78,8 +79,8 @@ class Op(keras.layers.Layer):
         """
         v = self._bns[index]
         channels = v["moving_mean"].shape[0]
-        scale = v["gamma"] if "gamma" in v else tf.ones([channels])
-        offset = v["beta"] if "beta" in v else tf.zeros([channels])
+        scale = v["gamma"] if "gamma" in v else _graph_constant(1.0, channels)
+        offset = v["beta"] if "beta" in v else _graph_constant(0.0, channels)
         replica = tf.distribute.get_replica_context()
         if training and replica is not None and replica.num_replicas_in_sync > 1:
             return self._synchronized_bn(x, v, scale, offset, replica)
@@ -111,6 +112,26 @@ class Op(keras.layers.Layer):
         y = tf.nn.batch_normalization(x32, mean, variance, offset, scale, BN_EPSILON)
         return tf.cast(y, dtype)
 
+_GRAPH_CONSTANTS = weakref.WeakKeyDictionary()
+
+
+def _graph_constant(value: float, channels: int):
+    """A float32 vector of `channels` x `value`, created once per graph being traced.
+
+    The non-affine batch norms of a supernet need hundreds of ones/zeros vectors; one
+    constant per graph and size keeps them out of the op count (tracing time).
+    """
+    if tf.executing_eagerly():
+        return tf.fill([channels], value)
+    graph = tf.compat.v1.get_default_graph()
+    cache = _GRAPH_CONSTANTS.setdefault(graph, {})
+    key = (value, channels)
+    if key not in cache:
+        with graph.control_dependencies(None):  # usable anywhere in the graph
+            cache[key] = tf.constant(np.full([channels], value, np.float32))
+    return cache[key]
+
+
 @functools.lru_cache(maxsize=None)
 def _valid_count_scale(height, width, stride):
     """9 / (number of unpadded elements) under each 3x3 window, padding 1."""
@@ -138,21 +159,40 @@ def _conv(x, kernel, stride=1, padding=0, dilation=1):
 
 
 def _depthwise(x, kernel, stride=1, padding=0, dilation=1):
-    """A depthwise conv with PyTorch padding semantics.
+    """A depthwise conv with PyTorch padding semantics, built from few graph ops.
 
     TensorFlow refuses stride 2 together with dilation 2. With an even padding p,
     out[i] = sum_k w[k] x[2i + 2k - p] = sum_k w[k] x_sub[i + k - p/2] where
     x_sub = x[::2]: the same function as a stride-1, dilation-1 conv over every
     other pixel with the padding halved.
+
+    A stride-1 conv with dilation d is an undilated conv on each of the d x d phases of
+    the padded input (`space_to_batch_nd` with the padding, VALID conv, `batch_to_space`);
+    `tf.nn.depthwise_conv2d` does the same but with several times the graph ops, which
+    cost start-up time (tracing and graph optimisation) in a supernet of 200+ such convs.
     """
     if stride > 1 and dilation > 1:
         assert stride == dilation == 2 and padding % 2 == 0, (stride, dilation, padding)
         x = x[:, ::2, ::2, :]
         stride, dilation, padding = 1, 1, padding // 2
-    # Explicit padding inside the conv op: no padded copy of x is kept for the backward pass.
+    kernel = tf.cast(kernel, x.dtype)
+    if dilation == 1:
+        # Explicit padding inside the conv op: no padded copy of x is kept for the backward.
+        return tf.raw_ops.DepthwiseConv2dNative(
+            input=x, filter=kernel, strides=[1, stride, stride, 1],
+            padding="EXPLICIT" if padding else "VALID",
+            explicit_paddings=[0, 0, padding, padding, padding, padding, 0, 0] if padding else [])
+    spatial = x.shape[1:3]
+    if stride == 1 and all(n is not None and (n + 2 * padding) % dilation == 0 for n in spatial):
+        block, pads = [dilation, dilation], [[padding, padding], [padding, padding]]
+        phases = tf.space_to_batch_nd(x, block, pads)
+        y = tf.raw_ops.DepthwiseConv2dNative(input=phases, filter=kernel, strides=[1, 1, 1, 1],
+                                             padding="VALID")
+        return tf.batch_to_space(y, block, [[0, 0], [0, 0]])
+    # Odd sizes (e.g. 7x7 in ImageNet networks): TensorFlow's general dilated path.
     pads = [[0, 0], [padding, padding], [padding, padding], [0, 0]] if padding else "VALID"
-    return tf.nn.depthwise_conv2d(x, tf.cast(kernel, x.dtype), strides=[1, stride, stride, 1],
-                                  padding=pads, dilations=[dilation, dilation])
+    return tf.nn.depthwise_conv2d(x, kernel, strides=[1, stride, stride, 1], padding=pads,
+                                  dilations=[dilation, dilation])
 
 
 class Zero(Op):
