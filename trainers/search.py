@@ -133,7 +133,11 @@ class SearchTrainer:
         result = arch.gradients(train_batch, val_batch, lr=self.lr, momentum_buffers=buffers)
         arch_ok = self._all_finite(result.grads)
         self.a_opt.apply(result.grads, alphas, apply_if=arch_ok)
-        # Weight step (reads the updated alphas).
+        # Weight step (reads the updated alphas). Its forward pass waits for the architecture
+        # step's gradients: nothing else orders the two passes (its convolutions need only the
+        # weights), and run side by side both passes' activations would be alive at once.
+        with tf.control_dependencies(result.grads):
+            train_batch = (tf.identity(train_batch[0]), train_batch[1])
         w, a, nt = arch.read_values()
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(w)
