@@ -70,11 +70,24 @@ class MomentumSGD(tf.Module):
 
         def update(strategy, grads):
             for var, buf, g in zip(variables, self.momentum_buffers, grads):
+                if apply_if is None:  # one fused kernel per variable: fewer ops to trace
+                    strategy.extended.update(tf_variable(var), self._fused_update,
+                                             args=(buf, g, lr), group=False)
+                    continue
                 strategy.extended.update(buf, self._update_buffer, args=(g, tf_variable(var)),
                                          group=False)
                 strategy.extended.update(tf_variable(var), self._update_variable,
                                          args=(buf, lr), group=False)
         tf.distribute.get_replica_context().merge_call(update, args=(grads,))
+
+    def _fused_update(self, var, buf, g, lr):
+        """buf = momentum * buf + (g + wd * var); var -= lr * buf, as one ApplyMomentum op."""
+        if self.weight_decay:
+            g = g + self.weight_decay * var
+        return tf.raw_ops.ResourceApplyMomentum(
+            var=var.handle, accum=buf.handle, lr=tf.cast(lr, var.dtype), grad=g,
+            momentum=tf.constant(self.momentum, var.dtype), use_locking=False,
+            use_nesterov=False)
 
     def _update_buffer(self, buf, g, var):
         return buf.assign(_keep_unless(self._apply_if, self.momentum * buf + g + self.weight_decay * var, buf))
