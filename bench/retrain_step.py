@@ -27,6 +27,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch", type=int, default=96)
+    parser.add_argument("--graph_optimization", default="auto", help="auto | fast | full")
     args = parser.parse_args()
 
     import numpy as np  # pylint: disable=import-outside-toplevel
@@ -36,7 +37,7 @@ def main():
     from trainers import retrain  # pylint: disable=import-outside-toplevel
     from trainers.retrain_config import RetrainConfig  # pylint: disable=import-outside-toplevel
 
-    config = RetrainConfig(batch_size=args.batch)
+    config = RetrainConfig(batch_size=args.batch, graph_optimization=args.graph_optimization)
     trainer = retrain.RetrainTrainer(
         lambda: darts_tf.NetworkCIFAR(darts_tf.genotypes.DARTS_V2), config,
         tf.distribute.get_strategy(), input_shape=(32, 32, 3), num_classes=10)

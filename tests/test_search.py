@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 import darts_tf
-from trainers import data, search
+from trainers import data, distribute, search
 from trainers.config import ConfigError, SearchConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -379,6 +379,47 @@ def test_jit_compile_option_computes_the_same_step():
     assert abs(loss - jit_loss) < 1e-4
     for a, b in zip(plain, jitted):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_fast_graph_optimization_is_scoped_and_computes_the_same_step():
+    """graph_optimization="fast" (the CPU default) skips grappler passes that cost start-up
+    time; the options hold inside the block only and the step computes the same update."""
+    from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+    from tensorflow.python.eager import context
+
+    def rewrites():
+        serialized = context.context().function_call_options.config_proto_serialized
+        return config_pb2.ConfigProto.FromString(serialized).graph_options.rewrite_options
+
+    before = rewrites()
+    with distribute.graph_optimization("fast", tf.distribute.get_strategy()):
+        inside = rewrites()
+        assert inside.memory_optimization == rewriter_config_pb2.RewriterConfig.NO_MEM_OPT
+        assert inside.meta_optimizer_iterations == rewriter_config_pb2.RewriterConfig.ONE
+        assert inside.constant_folding == rewriter_config_pb2.RewriterConfig.OFF
+    assert rewrites() == before
+    with distribute.graph_optimization("auto", tf.distribute.get_strategy()):
+        assert rewrites().memory_optimization == rewriter_config_pb2.RewriterConfig.NO_MEM_OPT
+    with pytest.raises(ConfigError, match="graph_optimization='none'"):
+        SearchConfig(graph_optimization="none")
+
+    moved = {}
+    for mode in ("full", "fast"):
+        keras.utils.set_random_seed(0)
+        trainer = search.SearchTrainer(
+            tiny_supernet, SearchConfig(batch_size=8, graph_optimization=mode, unrolled=True),
+            input_shape=(8, 8, 1))
+        if moved:  # identical starting point
+            for v, value in zip(trainer.model.variables, start):
+                v.assign(value)
+        start = [v.numpy() for v in trainer.model.variables]
+        initial = [v.numpy() for v in trainer.model.trainable_variables]
+        for train, val in _batches(2):
+            trainer.step(train, val)
+        moved[mode] = [v.numpy() for v in trainer.model.trainable_variables]
+    assert max(np.abs(a - b).max() for a, b in zip(moved["full"], initial)) > 1e-3
+    for a, b in zip(moved["full"], moved["fast"]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_determinism_is_scoped_to_the_run(reference):

@@ -84,6 +84,7 @@ class SearchConfig(ConfigIO):
     deterministic: bool = False            # tf.config.experimental.enable_op_determinism
     strategy: str = "default"              # default | mirrored | multi_worker
     jit_compile: bool = False              # XLA: 3-4x slower depthwise convs on CPU
+    graph_optimization: str = "auto"       # auto | fast | full (trainers.distribute)
     mixed_precision: str | None = None     # None | mixed_float16 | mixed_bfloat16
     checkpoint_every: int = 20             # steps between checkpoints (and at each epoch end)
     log_every: int = 10                    # steps between plain log lines when not a TTY
@@ -119,6 +120,8 @@ class SearchConfig(ConfigIO):
                "'finite_difference' or 'exact'")
         _check(self.strategy in ("default", "mirrored", "multi_worker"), "strategy",
                self.strategy, "'default', 'mirrored' or 'multi_worker'")
+        _check(self.graph_optimization in ("auto", "fast", "full"), "graph_optimization",
+               self.graph_optimization, "'auto', 'fast' or 'full'")
         _check(self.mixed_precision in (None, "mixed_float16", "mixed_bfloat16"),
                "mixed_precision", self.mixed_precision,
                "None, 'mixed_float16' or 'mixed_bfloat16'")

@@ -93,13 +93,16 @@ class RetrainTrainer:
 
     def train_step(self, batch) -> dict:
         """One step on a distributed global batch; returns {"loss", "accuracy"} (global means)."""
-        return self._train_step(batch)
+        with distribute.graph_optimization(self.config.graph_optimization, self.strategy):
+            return self._train_step(batch)
 
     def evaluate(self, dataset) -> dict:
         """Test loss, top-1 and top-5 accuracy over a (not yet distributed) dataset."""
         sums = {}
         for batch in self.strategy.experimental_distribute_dataset(dataset):
-            for k, v in self._eval_step(batch).items():
+            with distribute.graph_optimization(self.config.graph_optimization, self.strategy):
+                outputs = self._eval_step(batch)
+            for k, v in outputs.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         n = max(sums.get("count", 0.0), 1.0)
         return {"loss": sums["loss"] / n, "top1": sums["top1"] / n, "top5": sums["top5"] / n}

@@ -58,6 +58,7 @@ class RetrainConfig(ConfigIO):
     seed: int = 0
     deterministic: bool = False           # tf.config.experimental.enable_op_determinism
     strategy: str = "default"             # default | mirrored | multi_worker
+    graph_optimization: str = "auto"      # auto | fast | full (trainers.distribute)
     eval_batch_size: int = 256
     checkpoint_every: int = 200           # steps between checkpoints (and at each epoch end)
     log_every: int = 50                   # steps between log lines / TensorBoard points
@@ -93,6 +94,8 @@ class RetrainConfig(ConfigIO):
                "'cosine' or 'step'")
         _check(self.strategy in ("default", "mirrored", "multi_worker"), "strategy",
                self.strategy, "'default', 'mirrored' or 'multi_worker'")
+        _check(self.graph_optimization in ("auto", "fast", "full"), "graph_optimization",
+               self.graph_optimization, "'auto', 'fast' or 'full'")
         for name in ("auxiliary", "augment", "deterministic"):
             value = getattr(self, name)
             _check(isinstance(value, bool), name, value, "True or False")

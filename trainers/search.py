@@ -116,7 +116,8 @@ class SearchTrainer:
 
     def step(self, train_batch, val_batch) -> dict:
         """One search step on distributed (per-replica) batches; returns global-batch metrics."""
-        return self._step(train_batch, val_batch)
+        with distribute.graph_optimization(self.config.graph_optimization, self.strategy):
+            return self._step(train_batch, val_batch)
 
     def _distributed_step(self, train_batch, val_batch):
         self.step_traces += 1  # Python side effect: runs only while tracing.
