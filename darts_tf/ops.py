@@ -133,6 +133,16 @@ def _graph_constant(value: float, channels: int):
 
 
 @functools.lru_cache(maxsize=None)
+def _onednn_enabled() -> bool:
+    """Whether TensorFlow runs its CPU ops with oneDNN (off with TF_ENABLE_ONEDNN_OPTS=0)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port  # pylint: disable=import-outside-toplevel
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):  # an other build: assume the default (oneDNN on)
+        return True
+
+
+@functools.lru_cache(maxsize=None)
 def _valid_count_scale(height, width, stride):
     """9 / (number of unpadded elements) under each 3x3 window, padding 1."""
     def counts(n):
@@ -145,9 +155,11 @@ def _conv(x, kernel, stride=1, padding=0, dilation=1):
     """A full (or grouped) conv with PyTorch padding semantics."""
     kernel = tf.cast(kernel, x.dtype)
     groups = x.shape[-1] // kernel.shape[2]
-    if groups > 1 and x.dtype == tf.float16 and kernel.shape[:2] == (1, 1) and stride == 1:
-        # TensorFlow's CPU kernels have no float16 gradient for grouped convolutions; a grouped
-        # 1x1 conv is a batched matmul per group (the same function).
+    if (groups > 1 and kernel.shape[:2] == (1, 1) and stride == 1
+            and (x.dtype == tf.float16 or not _onednn_enabled())):
+        # TensorFlow's CPU kernels have no float16 gradient for grouped convolutions, and no
+        # gradient at all without oneDNN (TF_ENABLE_ONEDNN_OPTS=0); a grouped 1x1 conv is a
+        # batched matmul per group (the same function).
         c_in, c_out = kernel.shape[2], kernel.shape[3] // groups
         xg = tf.reshape(x, [-1, x.shape[1], x.shape[2], groups, c_in])
         kg = tf.transpose(tf.reshape(kernel, [c_in, groups, c_out]), [1, 0, 2])

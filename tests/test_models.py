@@ -223,3 +223,33 @@ def test_saved_model_serves_without_darts_tf(tmp_path):
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, env=env,
                    timeout=300)
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, rtol=1e-5, atol=1e-5)
+
+
+_GRADIENT_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import keras, numpy as np, tensorflow as tf
+    from darts_tf.supernet import Supernet
+    keras.utils.set_random_seed(0)
+    model = Supernet(num_classes=3, init_channels=4, num_cells=3, num_nodes=2, input_channels=1)
+    model.build((None, 8, 8, 1))
+    x = tf.constant(np.random.default_rng(0).normal(size=(2, 8, 8, 1)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(model(x, training=True) ** 2)
+    grads = tape.gradient(loss, model.trainable_variables)
+    print(json.dumps([float(loss)] + [float(tf.reduce_sum(tf.abs(g))) for g in grads]))
+""")
+
+
+def test_supernet_gradients_without_onednn_equal_the_default():
+    """TensorFlow's CPU kernels have no grouped-convolution gradient without oneDNN
+    (TF_ENABLE_ONEDNN_OPTS=0); the grouped 1x1 convs then run as per-group matmuls, the same
+    function: the loss and every gradient agree with the default (oneDNN) build."""
+    results = []
+    for onednn in ("1", "0"):
+        env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn, "CUDA_VISIBLE_DEVICES": ""}
+        out = subprocess.run([sys.executable, "-c", _GRADIENT_SCRIPT], env=env, text=True,
+                             capture_output=True, timeout=300, check=False)
+        assert out.returncode == 0, out.stderr[-2000:]
+        results.append(np.array(json.loads(out.stdout.strip().splitlines()[-1])))
+    assert len(results[0]) > 10 and np.all(results[0][1:] > 0)
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-4, atol=1e-5)
