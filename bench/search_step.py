@@ -3,6 +3,7 @@ r"""Search-step benchmark: start-up, time per step and peak memory, one configur
     python bench/search_step.py                      # every configuration, one JSON line each
     python bench/search_step.py --quick              # batch 16 only
     python bench/search_step.py --one=first_order,16 # one configuration in this process
+    python bench/search_step.py --tiny               # the tests' tiny supernet (start-up)
 
 Configuration: the reference search network (C=16, 8 cells, 4 nodes, 32x32x3
 inputs, 10 classes), random data, the full search step of trainers/search.py
@@ -13,10 +14,8 @@ configuration:
   peak_rss_gb    peak resident memory of the process (ru_maxrss)
   forward_macs   multiply-adds of one forward pass per example (darts_tf.count_multiply_adds
                  on the supernet's graph: convolutions and matmuls)
-  step_gflop     floating-point work of one step, estimated as passes x 3 (forward +
-                 backward) x 2 x forward_macs x batch, with 2 forward/backward passes for
-                 first order and 5 for second order (virtual step, L_val at w', L_train at
-                 w+ and w-, weight step)
+  step_gflop     floating-point work of one step, counted on the traced step's graph
+                 (bench/graph_flops.py: the executed ops, TensorFlow's flops statistics)
   gflops         step_gflop / step_s_median
 and once per run the rate of a 4096x4096 float32 matmul (the machine's sustained peak
 in TensorFlow) to compare with.
@@ -41,7 +40,20 @@ ORDERS = {"first_order": {"unrolled": False},
           "second_order_exact": {"unrolled": True, "hessian": "exact"}}
 
 
-def run_one(order: str, batch: int, steps: int) -> dict:
+def _models(darts_tf):
+    """name -> (model_fn, input shape, description)."""
+    return {
+        "reference": (lambda: darts_tf.Supernet(num_classes=10), (32, 32, 3),
+                      "C=16 cells=8 nodes=4 32x32x3"),
+        # tests/test_search.py's tiny_supernet: what the test suite searches.
+        "tiny": (lambda: darts_tf.Supernet(
+            num_classes=10, init_channels=4, num_cells=3, num_nodes=1, input_channels=1,
+            primitives=("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3")), (8, 8, 1),
+            "tests' tiny supernet: C=4 cells=3 nodes=1 4 ops 8x8x1"),
+    }
+
+
+def run_one(order: str, batch: int, steps: int, model: str = "reference") -> dict:
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
@@ -49,20 +61,20 @@ def run_one(order: str, batch: int, steps: int) -> dict:
     from trainers import search  # pylint: disable=import-outside-toplevel
     from trainers.config import SearchConfig  # pylint: disable=import-outside-toplevel
 
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import graph_flops  # pylint: disable=import-outside-toplevel
+
+    model_fn, shape, description = _models(darts_tf)[model]
     config = SearchConfig(batch_size=batch, **ORDERS[order])
-    trainer = search.SearchTrainer(lambda: darts_tf.Supernet(num_classes=10), config,
-                                   input_shape=(32, 32, 3))
+    trainer = search.SearchTrainer(model_fn, config, input_shape=shape)
     rng = np.random.default_rng(0)
 
     def batch_pair():
         def one():
-            return (tf.constant(rng.normal(size=(batch, 32, 32, 3)).astype(np.float32)),
+            return (tf.constant(rng.normal(size=(batch, *shape)).astype(np.float32)),
                     tf.constant(rng.integers(0, 10, size=batch).astype(np.int32)))
         return one(), one()
 
-    macs = darts_tf.count_multiply_adds(darts_tf.Supernet(num_classes=10), (32, 32, 3))["total"]
-    passes = 5 if config.unrolled else 2
-    gflop = passes * 3 * 2 * macs * batch / 1e9
     times = []
     for _ in range(steps):
         train, val = batch_pair()
@@ -72,14 +84,20 @@ def run_one(order: str, batch: int, steps: int) -> dict:
         times.append(time.time() - start)
         if len(times) == 1:
             startup = time.time() - T0
-    return {"config": "C=16 cells=8 nodes=4 32x32x3", "order": order, "batch": batch,
+    peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    # Counted after the timing and the memory (it retraces nothing: the graph is cached).
+    train, val = batch_pair()
+    flops, _ = graph_flops.count_flops(trainer._step.get_concrete_function(train, val))  # pylint: disable=protected-access
+    gflop = flops / 1e9
+    macs = darts_tf.count_multiply_adds(model_fn(), shape)["total"]
+    return {"config": description, "order": order, "batch": batch,
             "startup_s": round(startup, 1), "first_step_s": round(times[0], 1),
             "step_s_median": round(float(np.median(times[1:])), 2) if len(times) > 1 else None,
             "steps_timed": len(times) - 1,
-            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+            "peak_rss_gb": round(peak_rss_gb, 2),
             "step_traces": trainer.step_traces, "forward_macs": macs,
-            "step_gflop": round(gflop, 1),
-            "gflops": round(gflop / float(np.median(times[1:])), 1) if len(times) > 1 else None}
+            "step_gflop": float(f"{gflop:.4g}"),
+            "gflops": float(f"{gflop / float(np.median(times[1:])):.4g}") if len(times) > 1 else None}
 
 
 def matmul_gflops(n: int = 4096, repeats: int = 10) -> float:
@@ -98,13 +116,16 @@ def matmul_gflops(n: int = 4096, repeats: int = 10) -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="batch 16 only")
-    parser.add_argument("--one", help="order,batch: run one configuration in this process")
+    parser.add_argument("--one", help="order,batch[,model]: one configuration in this process "
+                        "(model: reference or tiny)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="the tests' tiny supernet at batch 8 (start-up of a test search)")
     parser.add_argument("--steps", type=int, default=4, help="steps per configuration")
     parser.add_argument("--output", help="append the JSON lines to this file")
     args = parser.parse_args()
     if args.one:
-        order, batch = args.one.split(",")
-        print(json.dumps(run_one(order, int(batch), args.steps)), flush=True)
+        order, batch, *model = args.one.split(",")
+        print(json.dumps(run_one(order, int(batch), args.steps, *model)), flush=True)
         return
     line = json.dumps({"matmul_4096_gflops": round(matmul_gflops(), 1)})
     print(line, flush=True)
@@ -112,18 +133,19 @@ def main():
         with open(args.output, "a", encoding="utf-8") as f:
             f.write(line + "\n")
     batches = (16,) if args.quick else (16, 64)
-    for batch in batches:
-        for order in ORDERS:
-            out = subprocess.run([sys.executable, __file__, f"--one={order},{batch}",
-                                  f"--steps={args.steps}"], capture_output=True, text=True,
-                                 check=False)
-            line = out.stdout.strip().splitlines()[-1] if out.returncode == 0 else json.dumps(
-                {"order": order, "batch": batch, "error": out.stderr[-500:]})
-            print(line, flush=True)
-            if args.output:
-                with open(args.output, "a", encoding="utf-8") as f:
-                    f.write(line + "\n")
-
+    runs = [(order, batch, "reference") for batch in batches for order in ORDERS]
+    if args.tiny:
+        runs = [(order, 8, "tiny") for order in ORDERS]
+    for order, batch, model in runs:
+        out = subprocess.run([sys.executable, __file__, f"--one={order},{batch},{model}",
+                              f"--steps={args.steps}"], capture_output=True, text=True,
+                             check=False)
+        line = out.stdout.strip().splitlines()[-1] if out.returncode == 0 else json.dumps(
+            {"order": order, "batch": batch, "error": out.stderr[-500:]})
+        print(line, flush=True)
+        if args.output:
+            with open(args.output, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
 
 if __name__ == "__main__":
     main()
