@@ -108,8 +108,9 @@ def graph_optimization(mode: str, strategy):
     faster, measured on the reference search step (C=16, 8 cells, batch 16, 2 cores,
     BENCHMARKS.md): the memory optimiser alone took 10.8 s of a 32 s optimisation of
     the second-order step, layout / remapping / constant folding / dependency and
-    arithmetic passes another ~8 s; the step time stayed the same (1.58 vs 1.58 s
-    first order) and peak memory fell (2.90 -> 2.69 GB). "auto" is "fast" on CPUs
+    arithmetic passes another ~8 s; the step did not get slower (first order
+    1.58-1.82 s with the full optimiser, 1.57-1.60 s fast) and peak memory fell
+    (2.90 -> 2.69 GB). "auto" is "fast" on CPUs
     and "full" when the strategy has a GPU (whose layout and fusion passes matter).
 
     TensorFlow reads these options when a function is first instantiated, so the
