@@ -12,6 +12,9 @@ import math
 from typing import Any
 
 
+GRAPH_OPTIMIZATION = ("auto", "fast", "full")  # trainers.distribute.graph_optimization
+
+
 class ConfigError(ValueError):
     """A config value is out of range; the message names the field and the value."""
 
@@ -19,6 +22,11 @@ class ConfigError(ValueError):
 def _check(ok: bool, field: str, value: Any, expected: str) -> None:
     if not ok:
         raise ConfigError(f"Invalid config value {field}={value!r}: expected {expected}.")
+
+
+def _check_graph_optimization(value) -> None:
+    _check(value in GRAPH_OPTIMIZATION, "graph_optimization", value,
+           "one of " + ", ".join(repr(m) for m in GRAPH_OPTIMIZATION))
 
 
 class ConfigIO:
@@ -120,8 +128,7 @@ class SearchConfig(ConfigIO):
                "'finite_difference' or 'exact'")
         _check(self.strategy in ("default", "mirrored", "multi_worker"), "strategy",
                self.strategy, "'default', 'mirrored' or 'multi_worker'")
-        _check(self.graph_optimization in ("auto", "fast", "full"), "graph_optimization",
-               self.graph_optimization, "'auto', 'fast' or 'full'")
+        _check_graph_optimization(self.graph_optimization)
         _check(self.mixed_precision in (None, "mixed_float16", "mixed_bfloat16"),
                "mixed_precision", self.mixed_precision,
                "None, 'mixed_float16' or 'mixed_bfloat16'")

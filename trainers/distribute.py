@@ -14,8 +14,9 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from trainers.config import GRAPH_OPTIMIZATION
+
 STRATEGIES = ("default", "mirrored", "multi_worker")
-GRAPH_OPTIMIZATION = ("auto", "fast", "full")
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -81,15 +82,6 @@ def op_determinism(enabled: bool):
             tf_config.disable_op_determinism()
 
 
-def _fast_rewrites():
-    from tensorflow.core.protobuf import rewriter_config_pb2  # pylint: disable=import-outside-toplevel
-
-    rc = rewriter_config_pb2.RewriterConfig
-    return {"memory_optimization": rc.NO_MEM_OPT, "meta_optimizer_iterations": rc.ONE,
-            "layout_optimizer": rc.OFF, "remapping": rc.OFF, "constant_folding": rc.OFF,
-            "dependency_optimization": rc.OFF, "arithmetic_optimization": rc.OFF}
-
-
 def uses_gpu(strategy) -> bool:
     """Whether the strategy's replicas run on GPUs (the default strategy: if one is visible)."""
     try:
@@ -99,8 +91,37 @@ def uses_gpu(strategy) -> bool:
     return any("GPU" in d.upper() for d in devices)
 
 
+def resolve_graph_optimization(mode: str, strategy) -> str:
+    """"fast" or "full": "auto" is "fast" on CPUs, "full" when the strategy has a GPU.
+
+    Trainers resolve their mode once, so that a step does not look at devices."""
+    if mode not in GRAPH_OPTIMIZATION:
+        raise ValueError(f"Unknown graph_optimization {mode!r}; expected one of "
+                         f"{GRAPH_OPTIMIZATION}.")
+    if mode == "auto":
+        return "full" if uses_gpu(strategy) else "fast"
+    return mode
+
+
+@functools.lru_cache(maxsize=None)
+def _fast_call_options(config_serialized: bytes, executor_type):
+    """The function-call options of `config_serialized` with the "fast" grappler rewrites."""
+    from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2  # pylint: disable=import-outside-toplevel
+    from tensorflow.python.eager import context  # pylint: disable=import-outside-toplevel
+
+    rc = rewriter_config_pb2.RewriterConfig
+    config = config_pb2.ConfigProto.FromString(config_serialized)
+    rewrites = config.graph_options.rewrite_options
+    rewrites.memory_optimization = rc.NO_MEM_OPT
+    rewrites.meta_optimizer_iterations = rc.ONE
+    for name in ("layout_optimizer", "remapping", "constant_folding", "dependency_optimization",
+                 "arithmetic_optimization"):
+        setattr(rewrites, name, rc.OFF)
+    return context.FunctionCallOptions(executor_type=executor_type, config_proto=config)
+
+
 @contextlib.contextmanager
-def graph_optimization(mode: str, strategy):
+def graph_optimization(mode: str, strategy=None):
     """Grappler options for the tf.functions first called in this block (this thread).
 
     "full" is TensorFlow's default. "fast" runs the graph optimiser once instead of
@@ -110,28 +131,23 @@ def graph_optimization(mode: str, strategy):
     the second-order step, layout / remapping / constant folding / dependency and
     arithmetic passes another ~8 s; the step did not get slower (first order
     1.58-1.82 s with the full optimiser, 1.57-1.60 s fast) and peak memory fell
-    (2.90 -> 2.69 GB). "auto" is "fast" on CPUs
-    and "full" when the strategy has a GPU (whose layout and fusion passes matter).
+    (2.90 -> 2.69 GB). "auto" (`resolve_graph_optimization`, needs `strategy`) is
+    "fast" on CPUs and "full" when the strategy has a GPU (whose layout and fusion
+    passes matter).
 
     TensorFlow reads these options when a function is first instantiated, so the
-    block must hold the first call of the step; calling every step inside it is cheap.
+    block must hold the first call of the step; every step can run inside it (the
+    options are built once and cached).
     """
-    if mode not in GRAPH_OPTIMIZATION:
-        raise ValueError(f"Unknown graph_optimization {mode!r}; expected one of "
-                         f"{GRAPH_OPTIMIZATION}.")
-    if mode == "full" or (mode == "auto" and uses_gpu(strategy)):
+    if resolve_graph_optimization(mode, strategy) == "full":
         yield
         return
-    from tensorflow.core.protobuf import config_pb2  # pylint: disable=import-outside-toplevel
     from tensorflow.python.eager import context  # pylint: disable=import-outside-toplevel
 
     ctx = context.context()
     previous = ctx.function_call_options
-    config = config_pb2.ConfigProto.FromString(previous.config_proto_serialized)
-    for name, value in _fast_rewrites().items():
-        setattr(config.graph_options.rewrite_options, name, value)
-    ctx.function_call_options = context.FunctionCallOptions(
-        executor_type=previous.executor_type, config_proto=config)
+    ctx.function_call_options = _fast_call_options(previous.config_proto_serialized,
+                                                   previous.executor_type)
     try:
         yield
     finally:

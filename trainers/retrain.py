@@ -67,6 +67,9 @@ class RetrainTrainer:
                  num_classes: int):
         self.config, self.num_classes = config, num_classes
         self.strategy = strategy or tf.distribute.get_strategy()
+        # "fast" or "full", decided once (trainers.distribute.graph_optimization).
+        self.graph_mode = distribute.resolve_graph_optimization(config.graph_optimization,
+                                                                self.strategy)
         replicas = self.strategy.num_replicas_in_sync
         if config.batch_size % replicas:
             raise ConfigError(f"Invalid config value batch_size={config.batch_size!r}: expected "
@@ -93,14 +96,14 @@ class RetrainTrainer:
 
     def train_step(self, batch) -> dict:
         """One step on a distributed global batch; returns {"loss", "accuracy"} (global means)."""
-        with distribute.graph_optimization(self.config.graph_optimization, self.strategy):
+        with distribute.graph_optimization(self.graph_mode):
             return self._train_step(batch)
 
     def evaluate(self, dataset) -> dict:
         """Test loss, top-1 and top-5 accuracy over a (not yet distributed) dataset."""
         sums = {}
         for batch in self.strategy.experimental_distribute_dataset(dataset):
-            with distribute.graph_optimization(self.config.graph_optimization, self.strategy):
+            with distribute.graph_optimization(self.graph_mode):
                 outputs = self._eval_step(batch)
             for k, v in outputs.items():
                 sums[k] = sums.get(k, 0.0) + float(v)

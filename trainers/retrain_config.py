@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from trainers.config import ConfigIO
-from trainers.config import _check  # pylint: disable=unused-import  (one message format)
+from trainers.config import _check, _check_graph_optimization  # pylint: disable=unused-import  (one message format)
 
 
 def _is_int(value: Any) -> bool:
@@ -94,8 +94,7 @@ class RetrainConfig(ConfigIO):
                "'cosine' or 'step'")
         _check(self.strategy in ("default", "mirrored", "multi_worker"), "strategy",
                self.strategy, "'default', 'mirrored' or 'multi_worker'")
-        _check(self.graph_optimization in ("auto", "fast", "full"), "graph_optimization",
-               self.graph_optimization, "'auto', 'fast' or 'full'")
+        _check_graph_optimization(self.graph_optimization)
         for name in ("auxiliary", "augment", "deterministic"):
             value = getattr(self, name)
             _check(isinstance(value, bool), name, value, "True or False")

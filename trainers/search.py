@@ -68,6 +68,9 @@ class SearchTrainer:
     def __init__(self, model_fn, config: SearchConfig, strategy=None, *, input_shape):
         self.config = config
         self.strategy = strategy or tf.distribute.get_strategy()
+        # "fast" or "full", decided once (trainers.distribute.graph_optimization).
+        self.graph_mode = distribute.resolve_graph_optimization(config.graph_optimization,
+                                                                self.strategy)
         replicas = self.strategy.num_replicas_in_sync
         if config.batch_size % replicas:
             raise ConfigError(f"Invalid config value batch_size={config.batch_size!r}: expected "
@@ -116,7 +119,7 @@ class SearchTrainer:
 
     def step(self, train_batch, val_batch) -> dict:
         """One search step on distributed (per-replica) batches; returns global-batch metrics."""
-        with distribute.graph_optimization(self.config.graph_optimization, self.strategy):
+        with distribute.graph_optimization(self.graph_mode):
             return self._step(train_batch, val_batch)
 
     def _distributed_step(self, train_batch, val_batch):
