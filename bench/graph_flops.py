@@ -21,12 +21,16 @@ from tensorflow.python.framework import ops as tf_ops
 _DEPTHWISE_GRADS = ("DepthwiseConv2dNativeBackpropInput", "DepthwiseConv2dNativeBackpropFilter")
 
 
+_CALLS = ("PartitionedCall", "StatefulPartitionedCall")
+
+
 def live_ops(graph, outputs):
     """The ops `outputs` and the graph's stateful ops depend on (what is executed)."""
     ops = graph.get_operations()
     stack = [t.op for t in outputs] + [
         op for op in ops
-        if op._is_stateful and op.type not in ("ReadVariableOp", "VarHandleOp", "Placeholder")]  # pylint: disable=protected-access
+        if op._is_stateful and op.type not in ("ReadVariableOp", "VarHandleOp", "Placeholder")  # pylint: disable=protected-access
+        and op.type not in _CALLS]
     seen = set()
     while stack:
         op = stack.pop()
@@ -35,6 +39,31 @@ def live_ops(graph, outputs):
             stack.extend(t.op for t in op.inputs)
             stack.extend(op.control_inputs)
     return [op for op in ops if op in seen]
+
+
+def _live_call_outputs(graph, outputs, live):
+    """{call op: indices of its outputs that a live op or `outputs` uses}."""
+    used = collections.defaultdict(set)
+    for t in list(outputs) + [t for op in live for t in op.inputs]:
+        if t.op.type in _CALLS:
+            used[t.op].add(t.value_index)
+    return used
+
+
+def _executed(graph, outputs):
+    """(graph, op) for every executed op, inside nested function calls too.
+
+    A nested tf.function is inlined where the step is instantiated, and what its
+    caller does not use is pruned: only the ops behind its used outputs run.
+    """
+    live = live_ops(graph, outputs)
+    calls = _live_call_outputs(graph, outputs, live)
+    for op in live:
+        if op.type not in _CALLS:
+            yield graph, op
+            continue
+        body = graph._functions[op.get_attr("f").name].graph  # pylint: disable=protected-access
+        yield from _executed(body, [body.outputs[i] for i in sorted(calls.get(op, ()))])
 
 
 def _flops(graph, op):
@@ -55,8 +84,8 @@ def count_flops(concrete_function) -> tuple[int, dict]:
     """(total flops, {op type: flops}) of one call of a traced tf.function."""
     graph = concrete_function.graph
     by_type = collections.Counter()
-    for op in live_ops(graph, graph.outputs):
-        value = _flops(graph, op)
+    for op_graph, op in _executed(graph, graph.outputs):
+        value = _flops(op_graph, op)
         if value:
             by_type[op.type] += value
     return sum(by_type.values()), dict(by_type)

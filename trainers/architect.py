@@ -54,7 +54,11 @@ def cross_entropy(logits, labels, global_batch_size: int):
     logits = tf.cast(logits, tf.float32) if logits.dtype in (tf.float16, tf.bfloat16) else logits
     per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=tf.cast(labels, tf.int32), logits=logits)
-    return tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
+    # tf.nn.compute_average_loss's value, without its stateful Assert op (global_batch_size
+    # >= 0): a stateful op makes each traced pass a StatefulPartitionedCall, which the step
+    # must run even when its outputs are unused and whose inlined outputs wait for the Assert.
+    total = tf.reduce_sum(per_example)
+    return total / tf.cast(global_batch_size, total.dtype)
 
 
 def _as_dtype(value, dtype):
@@ -117,6 +121,13 @@ class Architect:
         if len(self.arch_index) != len(arch_ids):
             raise ValueError("Some architecture variables are not trainable variables of "
                              f"model {model.name!r}.")
+        # Second order runs five passes; they are one traced function (gradients for the
+        # weights and the alphas, called five times) that is inlined where the step is
+        # instantiated, where the gradients a call does not use are pruned. So the graph that
+        # runs is the same as with the passes written out, but one pass is traced instead of
+        # five: tracing is most of the start-up (BENCHMARKS.md). First order runs each pass
+        # once, where a nested function only adds its overhead (+3 s, +0.15 GB measured).
+        self._pass = tf.function(self._loss_and_grads, autograph=False) if unrolled else None
 
     # Functional views of the model ---------------------------------------------------------
 
@@ -183,31 +194,48 @@ class Architect:
         if lr is None:
             raise ValueError("The unrolled (second order) architect needs lr (xi).")
         w_virtual = self.virtual_step(w, a, nt, train_batch, lr, momentum_buffers)
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(w_virtual + a)
-            val_loss, val_logits, _ = self.loss(w_virtual, a, nt, val_batch)
-        grads = self.gradient(tape, val_loss, w_virtual + a)
+        val_loss, val_logits, _, grads = self.loss_and_grads(w_virtual, a, nt, val_batch, "wa")
         dw, dalpha = _all_reduce_sum(grads[:len(w)]), grads[len(w):]
         hvp = self.hessian_vector_product(w, a, nt, train_batch, dw)
         xi = _as_dtype(lr, a[0].dtype)
         grads = [g - xi * h for g, h in zip(dalpha, hvp)]
         return ArchGradients(grads, val_loss, val_logits)
 
-    def _loss_and_alpha_grads(self, w, a, nt, batch):
+    def loss_and_grads(self, w, a, nt, batch, wrt: str):
+        """(loss, logits, new non-trainables, gradients) of one stateless pass.
+
+        `wrt` names the sources: "w" (the weights), "a" (the alphas) or "wa" (both, weights
+        first). Second order: one traced function for every pass (see __init__).
+        """
+        if wrt not in ("w", "a", "wa"):
+            raise ValueError(f"wrt must be 'w', 'a' or 'wa'. Received: wrt={wrt!r}")
+        replica = tf.distribute.get_replica_context()
+        if self._pass is None or (replica is not None and replica.num_replicas_in_sync > 1):
+            # Several replicas: the batch norms all-reduce their statistics in the pass, and
+            # MirroredStrategy cannot merge replicas inside a nested function: written out.
+            return self._loss_and_grads(w, a, nt, batch, wrt)
+        loss, logits, new_nt, grads = self._pass(list(w), list(a), list(nt), tuple(batch), "wa")
+        grads = {"w": grads[:len(w)], "a": grads[len(w):], "wa": grads}[wrt]
+        return loss, logits, new_nt, grads
+
+    def _loss_and_grads(self, w, a, nt, batch, wrt):
+        sources = {"w": w, "a": a, "wa": w + a}[wrt]
         with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(a)
-            loss, logits, _ = self.loss(w, a, nt, batch)
-        return loss, logits, self.gradient(tape, loss, a)
+            tape.watch(sources)
+            loss, logits, new_nt = self.loss(w, a, nt, batch)
+        return loss, logits, new_nt, self.gradient(tape, loss, sources)
+
+    def _loss_and_alpha_grads(self, w, a, nt, batch):
+        loss, logits, _, grads = self.loss_and_grads(w, a, nt, batch, "a")
+        return loss, logits, grads
 
     def virtual_step(self, w, a, nt, train_batch, lr, momentum_buffers=None):
         """w' = w - xi * (mu * buf + grad_w L_train(w, a) + wd * w), as new tensors (eq. 6).
 
         grad_w L_train is all-reduced: w' is the same on every replica.
         """
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(w)
-            train_loss, _, _ = self.loss(w, a, nt, train_batch)
-        grads = _all_reduce_sum(self.gradient(tape, train_loss, w))
+        _, _, _, grads = self.loss_and_grads(w, a, nt, train_batch, "w")
+        grads = _all_reduce_sum(grads)
         if momentum_buffers is None:
             momentum_buffers = [tf.zeros_like(v) for v in w]
         w_virtual = []
@@ -233,5 +261,9 @@ class Architect:
         w_plus = [v + tf.cast(eps, v.dtype) * d for v, d in zip(w, vector)]
         w_minus = [v - tf.cast(eps, v.dtype) * d for v, d in zip(w, vector)]
         _, _, grads_plus = self._loss_and_alpha_grads(w_plus, a, nt, train_batch)
+        # The second pass waits for the first: nothing else orders them, and side by side
+        # both passes' activations would be alive at once.
+        with tf.control_dependencies(grads_plus):
+            train_batch = (tf.identity(train_batch[0]), train_batch[1])
         _, _, grads_minus = self._loss_and_alpha_grads(w_minus, a, nt, train_batch)
         return [(p - m) / (2.0 * tf.cast(eps, p.dtype)) for p, m in zip(grads_plus, grads_minus)]

@@ -114,8 +114,10 @@ def _fast_call_options(config_serialized: bytes, executor_type):
     rewrites = config.graph_options.rewrite_options
     rewrites.memory_optimization = rc.NO_MEM_OPT
     rewrites.meta_optimizer_iterations = rc.ONE
+    rewrites.disable_tfg_optimizer = True
     for name in ("layout_optimizer", "remapping", "constant_folding", "dependency_optimization",
-                 "arithmetic_optimization"):
+                 "arithmetic_optimization", "loop_optimization", "experimental_conditional_code_motion",
+                 "implementation_selector"):
         setattr(rewrites, name, rc.OFF)
     return context.FunctionCallOptions(executor_type=executor_type, config_proto=config)
 

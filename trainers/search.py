@@ -143,10 +143,7 @@ class SearchTrainer:
         with tf.control_dependencies(result.grads):
             train_batch = (tf.identity(train_batch[0]), train_batch[1])
         w, a, nt = arch.read_values()
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(w)
-            loss, logits, new_nt = arch.loss(w, a, nt, train_batch)
-        w_grads = arch.gradient(tape, loss, w)
+        loss, logits, new_nt, w_grads = arch.loss_and_grads(w, a, nt, train_batch, "w")
         weights_ok = self._all_finite(w_grads)
         self.w_opt.apply(w_grads, arch.weight_variables, self.lr, apply_if=weights_ok)
         self._update_non_trainables(new_nt)
