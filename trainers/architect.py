@@ -262,8 +262,10 @@ class Architect:
         w_minus = [v - tf.cast(eps, v.dtype) * d for v, d in zip(w, vector)]
         _, _, grads_plus = self._loss_and_alpha_grads(w_plus, a, nt, train_batch)
         # The second pass waits for the first: nothing else orders them, and side by side
-        # both passes' activations would be alive at once.
-        with tf.control_dependencies(grads_plus):
+        # both passes' activations would be alive at once. Through an op that reads the
+        # gradients as data: a control edge from an inlined function call waits only for
+        # the call's side effects (it has none), not for its outputs.
+        with tf.control_dependencies(tf.identity_n(grads_plus)):
             train_batch = (tf.identity(train_batch[0]), train_batch[1])
         _, _, grads_minus = self._loss_and_alpha_grads(w_minus, a, nt, train_batch)
         return [(p - m) / (2.0 * tf.cast(eps, p.dtype)) for p, m in zip(grads_plus, grads_minus)]
