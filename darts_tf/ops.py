@@ -207,6 +207,49 @@ def _depthwise(x, kernel, stride=1, padding=0, dilation=1):
                                   dilations=[dilation, dilation])
 
 
+def _relu_depthwise_pointwise(x, depthwise, pointwise, stride, padding, dilation=1):
+    """ReLU -> depthwise -> pointwise 1x1, keeping only `x` for the backward pass.
+
+    Backprop would otherwise keep the ReLU output (the depthwise filter gradient's
+    input), the dilated conv's padded phases and the depthwise output (the pointwise
+    filter gradient's input) of every such block alive until its gradient runs. In a
+    supernet that is most of a weight pass's activation memory: four of the seven ops
+    of every edge start with such a block. The gradient recomputes them from `x` when
+    it runs (the recomputed pointwise output is unused and pruned); `x` is kept
+    instead: the edge's input, shared by its ops, or a batch-norm output inside a
+    separable conv. The search ops use it (`recompute=True`): 2.64 -> 2.47 GB peak
+    for the reference first-order step at batch 16, ~12% more time (BENCHMARKS.md).
+    """
+    depthwise = tf.convert_to_tensor(depthwise)
+    pointwise = tf.convert_to_tensor(pointwise)
+
+    def forward(x, depthwise, pointwise):
+        return _conv(_depthwise(tf.nn.relu(x), depthwise, stride, padding, dilation), pointwise)
+
+    @tf.custom_gradient
+    def block(x, depthwise, pointwise):
+        def grad(upstream):
+            # Recompute when the backward pass gets here: without the dependency on the
+            # upstream gradient the executor would run the recomputation as soon as x is
+            # ready, in the forward pass, and keep its outputs alive until they are used.
+            with tf.control_dependencies([upstream]):
+                inputs = [tf.identity(x), depthwise, pointwise]
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(inputs)
+                y = forward(*inputs)
+            return tape.gradient(y, inputs, output_gradients=upstream)
+        return forward(x, depthwise, pointwise), grad
+
+    return block(x, depthwise, pointwise)
+
+
+def _relu_conv(x, depthwise, pointwise, stride, padding, dilation=1, recompute=False):
+    """ReLU -> depthwise -> pointwise; see `_relu_depthwise_pointwise` for `recompute`."""
+    if recompute:
+        return _relu_depthwise_pointwise(x, depthwise, pointwise, stride, padding, dilation)
+    return _conv(_depthwise(tf.nn.relu(x), depthwise, stride, padding, dilation), pointwise)
+
+
 class Zero(Op):
     """`none`: zeros, subsampled at stride 2 (reference `Zero`)."""
 
@@ -350,11 +393,12 @@ class SepConv(Op):
     axis (depthwise convs are per channel anyway; the pointwise conv is grouped).
     """
 
-    def __init__(self, channels, kernel_size, stride=1, affine=True, groups=1, **kwargs):
+    def __init__(self, channels, kernel_size, stride=1, affine=True, groups=1, recompute=False,
+                 **kwargs):
         super().__init__(**kwargs)
         self.channels, self.kernel_size, self.stride, self.affine = (
             channels, kernel_size, stride, affine)
-        self.groups = groups
+        self.groups, self.recompute = groups, recompute
 
     def build(self, input_shape=None):
         c, k, gc = self.channels, self.kernel_size, self.groups * self.channels
@@ -367,27 +411,28 @@ class SepConv(Op):
         self.built = True
 
     def call(self, x, training=None):
-        pad = self.kernel_size // 2
-        y = _depthwise(tf.nn.relu(x), self.depthwise_1, self.stride, pad)
-        y = self._bn(_conv(y, self.pointwise_1), self._bn_1, training)
-        y = _depthwise(tf.nn.relu(y), self.depthwise_2, 1, pad)
-        return self._bn(_conv(y, self.pointwise_2), self._bn_2, training)
+        pad, recompute = self.kernel_size // 2, self.recompute
+        y = _relu_conv(x, self.depthwise_1, self.pointwise_1, self.stride, pad,
+                       recompute=recompute)
+        y = self._bn(y, self._bn_1, training)
+        y = _relu_conv(y, self.depthwise_2, self.pointwise_2, 1, pad, recompute=recompute)
+        return self._bn(y, self._bn_2, training)
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels,
                 "kernel_size": self.kernel_size, "stride": self.stride, "affine": self.affine,
-                "groups": self.groups}
+                "groups": self.groups, "recompute": self.recompute}
 
 
 class DilConv(Op):
     """ReLU -> depthwise k x k dilation 2 -> pointwise 1x1 -> BN (once)."""
 
     def __init__(self, channels, kernel_size, stride=1, dilation=2, affine=True, groups=1,
-                 **kwargs):
+                 recompute=False, **kwargs):
         super().__init__(**kwargs)
         self.channels, self.kernel_size, self.stride, self.dilation, self.affine = (
             channels, kernel_size, stride, dilation, affine)
-        self.groups = groups
+        self.groups, self.recompute = groups, recompute
 
     def build(self, input_shape=None):
         c, k, gc = self.channels, self.kernel_size, self.groups * self.channels
@@ -398,13 +443,15 @@ class DilConv(Op):
 
     def call(self, x, training=None):
         pad = self.dilation * (self.kernel_size - 1) // 2
-        y = _depthwise(tf.nn.relu(x), self.depthwise, self.stride, pad, self.dilation)
-        return self._bn(_conv(y, self.pointwise), self._bn_index, training)
+        y = _relu_conv(x, self.depthwise, self.pointwise, self.stride, pad, self.dilation,
+                       self.recompute)
+        return self._bn(y, self._bn_index, training)
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels,
                 "kernel_size": self.kernel_size, "stride": self.stride,
-                "dilation": self.dilation, "affine": self.affine, "groups": self.groups}
+                "dilation": self.dilation, "affine": self.affine, "groups": self.groups,
+                "recompute": self.recompute}
 
 
 def _skip(channels, stride, affine, name, groups):
@@ -414,7 +461,9 @@ def _skip(channels, stride, affine, name, groups):
 
 
 # name -> factory(channels, stride, affine, search, name, groups). `search=True` adds the
-# BN(affine=False) the reference's search MixedOp puts after each pooling op. `groups`
+# BN(affine=False) the reference's search MixedOp puts after each pooling op, and makes the
+# convs recompute their ReLU and depthwise outputs in the backward pass (memory: see
+# `_relu_depthwise_pointwise`; the fixed networks keep them, for speed). `groups`
 # = G builds G independent copies of the op that run side by side on the channel axis
 # (the search cell batches the edges into a node this way: far fewer graph ops to trace).
 OPS: dict[str, Callable[..., Op]] = {
@@ -422,10 +471,14 @@ OPS: dict[str, Callable[..., Op]] = {
     "max_pool_3x3": lambda c, s, affine, search, name, g: Pool("max", c, s, search, g, name=name),
     "avg_pool_3x3": lambda c, s, affine, search, name, g: Pool("avg", c, s, search, g, name=name),
     "skip_connect": lambda c, s, affine, search, name, g: _skip(c, s, affine, name, g),
-    "sep_conv_3x3": lambda c, s, affine, search, name, g: SepConv(c, 3, s, affine, g, name=name),
-    "sep_conv_5x5": lambda c, s, affine, search, name, g: SepConv(c, 5, s, affine, g, name=name),
-    "dil_conv_3x3": lambda c, s, affine, search, name, g: DilConv(c, 3, s, 2, affine, g, name=name),
-    "dil_conv_5x5": lambda c, s, affine, search, name, g: DilConv(c, 5, s, 2, affine, g, name=name),
+    "sep_conv_3x3": lambda c, s, affine, search, name, g: SepConv(c, 3, s, affine, g, search,
+                                                                  name=name),
+    "sep_conv_5x5": lambda c, s, affine, search, name, g: SepConv(c, 5, s, affine, g, search,
+                                                                  name=name),
+    "dil_conv_3x3": lambda c, s, affine, search, name, g: DilConv(c, 3, s, 2, affine, g, search,
+                                                                  name=name),
+    "dil_conv_5x5": lambda c, s, affine, search, name, g: DilConv(c, 5, s, 2, affine, g, search,
+                                                                  name=name),
 }
 assert tuple(OPS) == PRIMITIVES
 

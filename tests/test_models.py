@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 import darts_tf
-from darts_tf import cells, genotypes, search_space
+from darts_tf import cells, genotypes, ops, search_space
 from darts_tf.networks import NetworkCIFAR, NetworkImageNet
 from darts_tf.supernet import Supernet
 
@@ -253,3 +253,47 @@ def test_supernet_gradients_without_onednn_equal_the_default():
         results.append(np.array(json.loads(out.stdout.strip().splitlines()[-1])))
     assert len(results[0]) > 10 and np.all(results[0][1:] > 0)
     np.testing.assert_allclose(results[1], results[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls,kwargs,size", [
+    (ops.SepConv, dict(kernel_size=3, stride=1), 8),
+    (ops.SepConv, dict(kernel_size=5, stride=2, groups=2), 8),
+    (ops.DilConv, dict(kernel_size=3, stride=1), 8),
+    (ops.DilConv, dict(kernel_size=5, stride=2, groups=2), 8),  # every other pixel
+    (ops.DilConv, dict(kernel_size=3, stride=1), 7),  # odd size: TensorFlow's dilated path
+])
+def test_recomputing_convs_give_the_same_values_and_first_and_second_derivatives(
+        cls, kwargs, size):
+    """The search convs recompute their ReLU and depthwise outputs in the backward pass
+    (memory); values, gradients and the second derivatives the exact Hessian-vector
+    product takes through them are those of the plain op."""
+    channels = 3 * kwargs.get("groups", 1)
+    plain = cls(3, affine=False, **kwargs)
+    recomputing = cls(3, affine=False, recompute=True, **kwargs)
+    for op in (plain, recomputing):
+        op.build(None)
+    for a, b in zip(plain.weights, recomputing.weights):
+        b.assign(a)
+    assert recomputing.get_config()["recompute"] and not plain.get_config()["recompute"]
+    x = tf.random.stateless_normal((2, size, size, channels), seed=(1, 2))
+    direction = [tf.random.stateless_normal(v.shape, seed=(3, i))
+                 for i, v in enumerate(plain.trainable_weights)]
+
+    @tf.function(autograph=False)
+    def derivatives(op, x):
+        kernels = op.trainable_weights
+        with tf.GradientTape() as outer:
+            outer.watch(x)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                y = op(x, training=True)
+                loss = tf.reduce_sum(tf.sin(y))
+            grads = inner.gradient(loss, [x] + kernels)
+            dot = tf.add_n([tf.reduce_sum(g * d) for g, d in zip(grads[1:], direction)])
+        return y, grads, outer.gradient(dot, x)
+
+    (y0, g0, h0), (y1, g1, h1) = derivatives(plain, x), derivatives(recomputing, x)
+    np.testing.assert_array_equal(y0.numpy(), y1.numpy())
+    assert float(tf.reduce_max(tf.abs(h0))) > 1e-3
+    for a, b in zip(g0 + [h0], g1 + [h1]):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
