@@ -223,24 +223,60 @@ def _relu_depthwise_pointwise(x, depthwise, pointwise, stride, padding, dilation
     depthwise = tf.convert_to_tensor(depthwise)
     pointwise = tf.convert_to_tensor(pointwise)
 
-    def forward(x, depthwise, pointwise):
-        return _conv(_depthwise(tf.nn.relu(x), depthwise, stride, padding, dilation), pointwise)
-
     @tf.custom_gradient
     def block(x, depthwise, pointwise):
+        d = _depthwise(tf.nn.relu(x), depthwise, stride, padding, dilation)
+
         def grad(upstream):
             # Recompute when the backward pass gets here: without the dependency on the
             # upstream gradient the executor would run the recomputation as soon as x is
             # ready, in the forward pass, and keep its outputs alive until they are used.
             with tf.control_dependencies([upstream]):
-                inputs = [tf.identity(x), depthwise, pointwise]
+                x_again = tf.identity(x)
+            # The pointwise input gradient needs only the shape of its input: an
+            # architecture pass (no filter gradients) recomputes no depthwise conv.
+            d_grad = _pointwise_input_grad(upstream, pointwise, d.shape)
+            with tf.GradientTape(persistent=d_grad is None,
+                                 watch_accessed_variables=False) as tape:
+                tape.watch([x_again, depthwise])
+                d_again = _depthwise(tf.nn.relu(x_again), depthwise, stride, padding, dilation)
+                if d_grad is None:  # a shape known only when running
+                    tape.watch(d_again)
+                    y_again = _conv(d_again, pointwise)
+            if d_grad is None:
+                d_grad = tape.gradient(y_again, d_again, output_gradients=upstream)
+            x_grad, depthwise_grad = tape.gradient(d_again, [x_again, depthwise],
+                                                   output_gradients=d_grad)
             with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(inputs)
-                y = forward(*inputs)
-            return tape.gradient(y, inputs, output_gradients=upstream)
-        return forward(x, depthwise, pointwise), grad
+                tape.watch(pointwise)
+                y_again = _conv(d_again, pointwise)
+            return x_grad, depthwise_grad, tape.gradient(y_again, pointwise,
+                                                         output_gradients=upstream)
+
+        return _conv(d, pointwise), grad
 
     return block(x, depthwise, pointwise)
+
+
+def _pointwise_input_grad(upstream, kernel, input_shape):
+    """The gradient of `_conv(x, kernel)` (1x1, stride 1) for x, from x's static shape.
+
+    None when the shape is not fully known. The same ops TensorFlow's conv gradient
+    uses (or, where `_conv` computes per-group matmuls, their transposed product).
+    """
+    if not input_shape.is_fully_defined():
+        return None
+    kernel = tf.cast(kernel, upstream.dtype)
+    groups = input_shape[-1] // kernel.shape[2]
+    if groups > 1 and (upstream.dtype == tf.float16 or not _onednn_enabled()):
+        c_in, c_out = kernel.shape[2], kernel.shape[3] // groups
+        g = tf.reshape(upstream, [-1, upstream.shape[1], upstream.shape[2], groups, c_out])
+        kg = tf.transpose(tf.reshape(kernel, [c_in, groups, c_out]), [1, 0, 2])
+        x_grad = tf.einsum("nhwgd,gcd->nhwgc", g, kg)
+        return tf.reshape(x_grad, [-1, upstream.shape[1], upstream.shape[2], groups * c_in])
+    return tf.raw_ops.Conv2DBackpropInput(
+        input_sizes=tf.constant(input_shape.as_list(), tf.int32), filter=kernel,
+        out_backprop=upstream, strides=[1, 1, 1, 1], padding="VALID")
 
 
 def _relu_conv(x, depthwise, pointwise, stride, padding, dilation=1, recompute=False):

@@ -261,6 +261,7 @@ def test_supernet_gradients_without_onednn_equal_the_default():
     (ops.DilConv, dict(kernel_size=3, stride=1), 8),
     (ops.DilConv, dict(kernel_size=5, stride=2, groups=2), 8),  # every other pixel
     (ops.DilConv, dict(kernel_size=3, stride=1), 7),  # odd size: TensorFlow's dilated path
+    (ops.SepConv, dict(kernel_size=3, stride=1), None),  # batch size unknown when traced
 ])
 def test_recomputing_convs_give_the_same_values_and_first_and_second_derivatives(
         cls, kwargs, size):
@@ -275,12 +276,16 @@ def test_recomputing_convs_give_the_same_values_and_first_and_second_derivatives
     for a, b in zip(plain.weights, recomputing.weights):
         b.assign(a)
     assert recomputing.get_config()["recompute"] and not plain.get_config()["recompute"]
-    x = tf.random.stateless_normal((2, size, size, channels), seed=(1, 2))
+    x = tf.random.stateless_normal((2, size or 8, size or 8, channels), seed=(1, 2))
     direction = [tf.random.stateless_normal(v.shape, seed=(3, i))
                  for i, v in enumerate(plain.trainable_weights)]
+    signature = [tf.TensorSpec((None, 8, 8, channels))] if size is None else None
 
-    @tf.function(autograph=False)
     def derivatives(op, x):
+        return tf.function(lambda x: _derivatives(op, x), input_signature=signature,
+                           autograph=False)(x)
+
+    def _derivatives(op, x):
         kernels = op.trainable_weights
         with tf.GradientTape() as outer:
             outer.watch(x)
@@ -295,5 +300,5 @@ def test_recomputing_convs_give_the_same_values_and_first_and_second_derivatives
     (y0, g0, h0), (y1, g1, h1) = derivatives(plain, x), derivatives(recomputing, x)
     np.testing.assert_array_equal(y0.numpy(), y1.numpy())
     assert float(tf.reduce_max(tf.abs(h0))) > 1e-3
-    for a, b in zip(g0 + [h0], g1 + [h1]):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    for a, b in zip(g0 + [h0], g1 + [h1]):  # values of order 1-10
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
