@@ -133,7 +133,9 @@ def graph_optimization(mode: str, strategy=None):
     the second-order step, layout / remapping / constant folding / dependency and
     arithmetic passes another ~8 s; the step did not get slower (first order
     1.58-1.82 s with the full optimiser, 1.57-1.60 s fast) and peak memory fell
-    (2.90 -> 2.69 GB). "auto" (`resolve_graph_optimization`, needs `strategy`) is
+    (2.90 -> 2.69 GB). The loop optimiser, the implementation selector and the MLIR
+    (TFG) hook, which rewrite nothing in these graphs, took another ~4 s of the
+    second-order step's first call (19.4 -> 15.2 s). "auto" (`resolve_graph_optimization`, needs `strategy`) is
     "fast" on CPUs and "full" when the strategy has a GPU (whose layout and fusion
     passes matter).
 
