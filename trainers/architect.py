@@ -238,11 +238,18 @@ class Architect:
         grads = _all_reduce_sum(grads)
         if momentum_buffers is None:
             momentum_buffers = [tf.zeros_like(v) for v in w]
+        scalars = {}  # per dtype, made once (per weight: 988 more ops in the traced step)
+
+        def xi_mu_wd(dtype):
+            if dtype not in scalars:
+                scalars[dtype] = (_as_dtype(lr, dtype), tf.constant(self.momentum, dtype),
+                                  tf.constant(self.weight_decay, dtype))
+            return scalars[dtype]
+
         w_virtual = []
         for v, g, buf in zip(w, grads, momentum_buffers):
-            xi = _as_dtype(lr, v.dtype)
-            step = self.momentum * tf.cast(buf, v.dtype) + g + self.weight_decay * v
-            w_virtual.append(v - xi * step)
+            xi, mu, wd = xi_mu_wd(v.dtype)
+            w_virtual.append(v - xi * (mu * tf.cast(buf, v.dtype) + g + wd * v))
         return w_virtual
 
     def hessian_vector_product(self, w, a, nt, train_batch, vector):
