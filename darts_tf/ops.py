@@ -151,15 +151,20 @@ def _valid_count_scale(height, width, stride):
     return (9.0 / np.outer(counts(height), counts(width)))[None, :, :, None].astype(np.float32)
 
 
+def _per_group_matmul(groups: int, dtype) -> bool:
+    """Whether a grouped 1x1 conv is computed as a batched matmul per group (the same function).
+
+    TensorFlow's CPU kernels have no float16 gradient for grouped convolutions, and no
+    gradient at all without oneDNN (TF_ENABLE_ONEDNN_OPTS=0).
+    """
+    return groups > 1 and (dtype == tf.float16 or not _onednn_enabled())
+
+
 def _conv(x, kernel, stride=1, padding=0, dilation=1):
     """A full (or grouped) conv with PyTorch padding semantics."""
     kernel = tf.cast(kernel, x.dtype)
     groups = x.shape[-1] // kernel.shape[2]
-    if (groups > 1 and kernel.shape[:2] == (1, 1) and stride == 1
-            and (x.dtype == tf.float16 or not _onednn_enabled())):
-        # TensorFlow's CPU kernels have no float16 gradient for grouped convolutions, and no
-        # gradient at all without oneDNN (TF_ENABLE_ONEDNN_OPTS=0); a grouped 1x1 conv is a
-        # batched matmul per group (the same function).
+    if kernel.shape[:2] == (1, 1) and stride == 1 and _per_group_matmul(groups, x.dtype):
         c_in, c_out = kernel.shape[2], kernel.shape[3] // groups
         xg = tf.reshape(x, [-1, x.shape[1], x.shape[2], groups, c_in])
         kg = tf.transpose(tf.reshape(kernel, [c_in, groups, c_out]), [1, 0, 2])
@@ -218,7 +223,7 @@ def _relu_depthwise_pointwise(x, depthwise, pointwise, stride, padding, dilation
     it runs (the recomputed pointwise output is unused and pruned); `x` is kept
     instead: the edge's input, shared by its ops, or a batch-norm output inside a
     separable conv. The search ops use it (`recompute=True`): 2.64 -> 2.47 GB peak
-    for the reference first-order step at batch 16, ~12% more time (BENCHMARKS.md).
+    for the reference first-order step at batch 16, ~7% more time (BENCHMARKS.md).
     """
     depthwise = tf.convert_to_tensor(depthwise)
     pointwise = tf.convert_to_tensor(pointwise)
@@ -233,18 +238,12 @@ def _relu_depthwise_pointwise(x, depthwise, pointwise, stride, padding, dilation
             # ready, in the forward pass, and keep its outputs alive until they are used.
             with tf.control_dependencies([upstream]):
                 x_again = tf.identity(x)
-            # The pointwise input gradient needs only the shape of its input: an
-            # architecture pass (no filter gradients) recomputes no depthwise conv.
-            d_grad = _pointwise_input_grad(upstream, pointwise, d.shape)
-            with tf.GradientTape(persistent=d_grad is None,
-                                 watch_accessed_variables=False) as tape:
+            # The pointwise input gradient needs no input values: an architecture pass
+            # (no filter gradients) recomputes no depthwise conv.
+            d_grad = _pointwise_input_grad(upstream, pointwise, d.shape[-1])
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch([x_again, depthwise])
                 d_again = _depthwise(tf.nn.relu(x_again), depthwise, stride, padding, dilation)
-                if d_grad is None:  # a shape known only when running
-                    tape.watch(d_again)
-                    y_again = _conv(d_again, pointwise)
-            if d_grad is None:
-                d_grad = tape.gradient(y_again, d_again, output_gradients=upstream)
             x_grad, depthwise_grad = tape.gradient(d_again, [x_again, depthwise],
                                                    output_gradients=d_grad)
             with tf.GradientTape(watch_accessed_variables=False) as tape:
@@ -258,25 +257,24 @@ def _relu_depthwise_pointwise(x, depthwise, pointwise, stride, padding, dilation
     return block(x, depthwise, pointwise)
 
 
-def _pointwise_input_grad(upstream, kernel, input_shape):
-    """The gradient of `_conv(x, kernel)` (1x1, stride 1) for x, from x's static shape.
+def _pointwise_input_grad(upstream, kernel, channels: int):
+    """The gradient of `_conv(x, kernel)` (1x1, stride 1) for an x of `channels` channels.
 
-    None when the shape is not fully known. The same ops TensorFlow's conv gradient
-    uses (or, where `_conv` computes per-group matmuls, their transposed product).
+    The ops TensorFlow's conv gradient uses (or, where `_conv` computes per-group
+    matmuls, their transposed product), with x's shape taken from `upstream` (a 1x1
+    stride-1 conv keeps the batch and spatial sizes) instead of from x.
     """
-    if not input_shape.is_fully_defined():
-        return None
     kernel = tf.cast(kernel, upstream.dtype)
-    groups = input_shape[-1] // kernel.shape[2]
-    if groups > 1 and (upstream.dtype == tf.float16 or not _onednn_enabled()):
+    groups = channels // kernel.shape[2]
+    if _per_group_matmul(groups, upstream.dtype):
         c_in, c_out = kernel.shape[2], kernel.shape[3] // groups
         g = tf.reshape(upstream, [-1, upstream.shape[1], upstream.shape[2], groups, c_out])
         kg = tf.transpose(tf.reshape(kernel, [c_in, groups, c_out]), [1, 0, 2])
         x_grad = tf.einsum("nhwgd,gcd->nhwgc", g, kg)
-        return tf.reshape(x_grad, [-1, upstream.shape[1], upstream.shape[2], groups * c_in])
-    return tf.raw_ops.Conv2DBackpropInput(
-        input_sizes=tf.constant(input_shape.as_list(), tf.int32), filter=kernel,
-        out_backprop=upstream, strides=[1, 1, 1, 1], padding="VALID")
+        return tf.reshape(x_grad, [-1, upstream.shape[1], upstream.shape[2], channels])
+    sizes = tf.concat([tf.shape(upstream)[:3], [channels]], axis=0)
+    return tf.raw_ops.Conv2DBackpropInput(input_sizes=sizes, filter=kernel, out_backprop=upstream,
+                                          strides=[1, 1, 1, 1], padding="VALID")
 
 
 def _relu_conv(x, depthwise, pointwise, stride, padding, dilation=1, recompute=False):

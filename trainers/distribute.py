@@ -116,8 +116,8 @@ def _fast_call_options(config_serialized: bytes, executor_type):
     rewrites.meta_optimizer_iterations = rc.ONE
     rewrites.disable_tfg_optimizer = True
     for name in ("layout_optimizer", "remapping", "constant_folding", "dependency_optimization",
-                 "arithmetic_optimization", "loop_optimization", "experimental_conditional_code_motion",
-                 "implementation_selector"):
+                 "arithmetic_optimization", "loop_optimization", "implementation_selector",
+                 "experimental_conditional_code_motion"):
         setattr(rewrites, name, rc.OFF)
     return context.FunctionCallOptions(executor_type=executor_type, config_proto=config)
 
@@ -135,9 +135,9 @@ def graph_optimization(mode: str, strategy=None):
     1.58-1.82 s with the full optimiser, 1.57-1.60 s fast) and peak memory fell
     (2.90 -> 2.69 GB). The loop optimiser, the implementation selector and the MLIR
     (TFG) hook, which rewrite nothing in these graphs, took another ~4 s of the
-    second-order step's first call (19.4 -> 15.2 s). "auto" (`resolve_graph_optimization`, needs `strategy`) is
-    "fast" on CPUs and "full" when the strategy has a GPU (whose layout and fusion
-    passes matter).
+    second-order step's first call (19.4 -> 15.2 s). "auto"
+    (`resolve_graph_optimization`, needs `strategy`) is "fast" on CPUs and "full"
+    when the strategy has a GPU (whose layout and fusion passes matter).
 
     TensorFlow reads these options when a function is first instantiated, so the
     block must hold the first call of the step; every step can run inside it (the
