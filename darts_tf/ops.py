@@ -272,7 +272,10 @@ def _pointwise_input_grad(upstream, kernel, channels: int):
         kg = tf.transpose(tf.reshape(kernel, [c_in, groups, c_out]), [1, 0, 2])
         x_grad = tf.einsum("nhwgd,gcd->nhwgc", g, kg)
         return tf.reshape(x_grad, [-1, upstream.shape[1], upstream.shape[2], channels])
-    sizes = tf.concat([tf.shape(upstream)[:3], [channels]], axis=0)
+    if upstream.shape[:3].is_fully_defined():  # the usual case: a constant, no shape ops
+        sizes = tf.constant(upstream.shape[:3].as_list() + [channels], tf.int32)
+    else:
+        sizes = tf.concat([tf.shape(upstream)[:3], [channels]], axis=0)
     return tf.raw_ops.Conv2DBackpropInput(input_sizes=sizes, filter=kernel, out_backprop=upstream,
                                           strides=[1, 1, 1, 1], padding="VALID")
 
