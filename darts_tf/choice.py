@@ -26,6 +26,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from darts_tf.genotype import softmax
+
 _FIXED = threading.local()  # .stack: list of active _FixedArch, innermost last
 
 
@@ -85,13 +87,6 @@ def _named_candidates(candidates, label: str) -> tuple[list[str], list[keras.lay
     return names, layers
 
 
-def _softmax(variable) -> np.ndarray:
-    # .numpy(): ops.convert_to_numpy(variable) warns under NumPy 2 (no `copy` in __array__).
-    z = np.asarray(variable.numpy(), dtype=np.float64)
-    e = np.exp(z - z.max())
-    return e / e.sum()
-
-
 def _mix(alpha, tensors: list):
     """sum_i softmax(alpha)_i * tensors[i], in the tensors' dtype."""
     w = ops.cast(ops.softmax(alpha), tensors[0].dtype)
@@ -118,7 +113,8 @@ class _ChoiceBase(keras.layers.Layer):
 
     def choice_weights(self) -> np.ndarray:
         """softmax(alpha) as a float64 numpy vector."""
-        return _softmax(self.arch_variables[0])
+        # .numpy(): ops.convert_to_numpy(variable) warns under NumPy 2 (no `copy` in __array__).
+        return softmax(np.asarray(self.arch_variables[0].numpy(), dtype=np.float64))
 
 
 @keras.saving.register_keras_serializable(package="darts_tf")

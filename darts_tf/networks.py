@@ -16,76 +16,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from darts_tf import cells, ops
+from darts_tf import cells
 from darts_tf.genotype import Genotype, load_genotype
-from darts_tf.supernet import Classifier, Stem
-
-
-class AuxiliaryHead(ops.Op):
-    """ReLU -> AvgPool 5 (stride 3 CIFAR / 2 ImageNet, no padding) -> conv1x1 128 -> BN ->
-    ReLU -> conv2x2 768 -> BN (CIFAR only: the reference omits it for ImageNet) -> ReLU -> linear."""
-
-    def __init__(self, in_channels, num_classes, pool_stride=3, last_bn=True, **kwargs):
-        super().__init__(**kwargs)
-        self.in_channels, self.num_classes = in_channels, num_classes
-        self.pool_stride, self.last_bn = pool_stride, last_bn
-
-    def build(self, input_shape=None):
-        self.kernel_1 = self._kernel("kernel_1", (1, 1, self.in_channels, 128))
-        self._bn_1 = self._batch_norm("bn_1", 128, affine=True)
-        self.kernel_2 = self._kernel("kernel_2", (2, 2, 128, 768))
-        if self.last_bn:
-            self._bn_2 = self._batch_norm("bn_2", 768, affine=True)
-        with keras.name_scope(self.name):
-            self.classifier = Classifier(768, self.num_classes, name="classifier")
-            self.classifier.build(None)
-        self.built = True
-
-    def call(self, x, training=None):
-        x = tf.nn.avg_pool2d(tf.nn.relu(x), 5, self.pool_stride, "VALID")
-        x = tf.nn.relu(self._bn(ops._conv(x, self.kernel_1), self._bn_1, training))  # pylint: disable=protected-access
-        x = ops._conv(x, self.kernel_2)  # pylint: disable=protected-access
-        if self.last_bn:
-            x = self._bn(x, self._bn_2, training)
-        x = tf.nn.relu(x)
-        return self.classifier(tf.reshape(x, [tf.shape(x)[0], 768]))
-
-    def get_config(self):
-        return {**super().get_config(), "in_channels": self.in_channels,
-                "num_classes": self.num_classes, "pool_stride": self.pool_stride,
-                "last_bn": self.last_bn}
-
-
-class ImageNetStem(ops.Op):
-    """stem0: conv3x3/2 (C/2) BN ReLU conv3x3/2 (C) BN; stem1: ReLU conv3x3/2 (C) BN."""
-
-    def __init__(self, in_channels, channels, **kwargs):
-        super().__init__(**kwargs)
-        self.in_channels, self.channels = in_channels, channels
-
-    def build(self, input_shape=None):
-        c = self.channels
-        self.kernel_0a = self._kernel("kernel_0a", (3, 3, self.in_channels, c // 2))
-        self._bn_0a = self._batch_norm("bn_0a", c // 2, affine=True)
-        self.kernel_0b = self._kernel("kernel_0b", (3, 3, c // 2, c))
-        self._bn_0b = self._batch_norm("bn_0b", c, affine=True)
-        self.kernel_1 = self._kernel("kernel_1", (3, 3, c, c))
-        self._bn_1 = self._batch_norm("bn_1", c, affine=True)
-        self.built = True
-
-    def call(self, x, training=None):
-        """Returns (s0, s1): the outputs of stem0 and stem1."""
-        x = tf.nn.relu(self._bn(ops._conv(x, self.kernel_0a, 2, 1), self._bn_0a, training))  # pylint: disable=protected-access
-        s0 = self._bn(ops._conv(x, self.kernel_0b, 2, 1), self._bn_0b, training)  # pylint: disable=protected-access
-        s1 = self._bn(ops._conv(tf.nn.relu(s0), self.kernel_1, 2, 1), self._bn_1, training)  # pylint: disable=protected-access
-        return s0, s1
-
-    def get_config(self):
-        return {**super().get_config(), "in_channels": self.in_channels, "channels": self.channels}
-
-
-for _cls in (AuxiliaryHead, ImageNetStem):
-    keras.saving.register_keras_serializable(package="darts_tf")(_cls)
+from darts_tf.heads import AuxiliaryHead, Classifier, ImageNetStem, Stem
 
 
 class _FixedNetwork(keras.Model):

@@ -17,54 +17,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from darts_tf import cells, ops
-from darts_tf.genotype import PRIMITIVES, Genotype, derive_genotype
-
-
-class Stem(ops.Op):
-    """Conv 3x3 (padding 1, no bias) -> BN."""
-
-    def __init__(self, in_channels, out_channels, affine=True, **kwargs):
-        super().__init__(**kwargs)
-        self.in_channels, self.out_channels, self.affine = in_channels, out_channels, affine
-
-    def build(self, input_shape=None):
-        self.kernel = self._kernel("kernel", (3, 3, self.in_channels, self.out_channels))
-        self._bn_index = self._batch_norm("bn", self.out_channels, self.affine)
-        self.built = True
-
-    def call(self, x, training=None):
-        return self._bn(ops._conv(x, self.kernel, 1, 1), self._bn_index, training)  # pylint: disable=protected-access
-
-    def get_config(self):
-        return {**super().get_config(), "in_channels": self.in_channels,
-                "out_channels": self.out_channels, "affine": self.affine}
-
-
-class Classifier(ops.Op):
-    """Global average pooling -> linear (with bias); logits in float32."""
-
-    def __init__(self, in_channels, num_classes, **kwargs):
-        super().__init__(**kwargs)
-        self.in_channels, self.num_classes = in_channels, num_classes
-
-    def build(self, input_shape=None):
-        self.kernel = self._kernel("kernel", (self.in_channels, self.num_classes))
-        self.bias = self.add_weight(name="bias", shape=(self.num_classes,), initializer="zeros")
-        self.built = True
-
-    def call(self, x, training=None):
-        x = tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2]) if x.shape.rank == 4 else x
-        x = tf.cast(x, tf.float32)
-        return tf.matmul(x, tf.cast(self.kernel, tf.float32)) + tf.cast(self.bias, tf.float32)
-
-    def get_config(self):
-        return {**super().get_config(), "in_channels": self.in_channels,
-                "num_classes": self.num_classes}
-
-
-for _cls in (Stem, Classifier):
-    keras.saving.register_keras_serializable(package="darts_tf")(_cls)
+from darts_tf import cells, search_space
+from darts_tf.genotype import PRIMITIVES, Genotype, derive_genotype, softmax
+from darts_tf.heads import Classifier, Stem
 
 
 @keras.saving.register_keras_serializable(package="darts_tf")
@@ -134,8 +89,7 @@ class Supernet(keras.Model):
     @property
     def weight_variables(self):
         """Every trainable variable but the alphas."""
-        arch = {id(v) for v in self.arch_variables}
-        return [v for v in self.trainable_variables if id(v) not in arch]
+        return search_space.weight_variables(self)
 
     def build(self, input_shape=None):
         self.built = True
@@ -154,8 +108,8 @@ class Supernet(keras.Model):
 
     def arch_weights(self) -> dict[str, np.ndarray]:
         """softmax(alpha) per cell type, as numpy arrays."""
-        return {"normal": _softmax(self.alpha_normal.numpy()),
-                "reduce": _softmax(self.alpha_reduce.numpy())}
+        return {"normal": softmax(np.asarray(self.alpha_normal.numpy())),
+                "reduce": softmax(np.asarray(self.alpha_reduce.numpy()))}
 
     def genotype(self) -> Genotype:
         """The cell the alphas encode, by the reference's derivation rule."""
@@ -168,8 +122,3 @@ class Supernet(keras.Model):
                 "init_channels": self.init_channels, "num_cells": self.num_cells,
                 "num_nodes": self.num_nodes, "stem_multiplier": self.stem_multiplier,
                 "input_channels": self.input_channels, "primitives": list(self.primitives)}
-
-
-def _softmax(x):
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)

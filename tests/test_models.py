@@ -16,7 +16,8 @@ import pytest
 import tensorflow as tf
 
 import darts_tf
-from darts_tf import cells, genotypes, ops, search_space
+from darts_tf import cells, genotypes, heads, kernels, ops, search_space
+from darts_tf.genotype import PRIMITIVES
 from darts_tf.networks import NetworkCIFAR, NetworkImageNet
 from darts_tf.supernet import Supernet
 
@@ -201,6 +202,33 @@ def test_bad_arguments_are_refused():
         NetworkCIFAR(genotypes.DARTS_V2, drop_path_rate=1.5)
     with pytest.raises(ValueError, match="bogus"):
         Supernet(primitives=("none", "bogus"))
+
+
+def test_op_registry_follows_primitives_and_refuses_unknown_ops():
+    assert tuple(ops.OPS) == PRIMITIVES  # the alpha columns' order
+    with pytest.raises(ValueError, match="op_name='bogus'"):
+        ops.make_op("bogus", 4, 1, affine=True)
+    with pytest.raises(ValueError, match="stride=3"):
+        ops.make_op("sep_conv_3x3", 4, 3, affine=True)
+
+
+def test_depthwise_conv2d_refuses_strided_dilation_it_cannot_compute():
+    x, kernel = tf.zeros((1, 8, 8, 2)), tf.zeros((3, 3, 2, 1))
+    with pytest.raises(ValueError, match="stride=2, dilation=3, padding=3"):
+        kernels.depthwise_conv2d(x, kernel, stride=2, padding=3, dilation=3)
+    with pytest.raises(ValueError, match="stride=2, dilation=2, padding=1"):
+        kernels.depthwise_conv2d(x, kernel, stride=2, padding=1, dilation=2)
+
+
+def test_registered_names_are_those_saved_models_carry():
+    """Old `.keras` files name their classes "darts_tf>ClassName"; moving a class between
+    modules must keep that name."""
+    classes = [ops.Op, ops.Zero, ops.Identity, ops.Pool, ops.ReLUConvBN, ops.FactorizedReduce,
+               ops.SepConv, ops.DilConv, heads.Stem, heads.ImageNetStem, heads.Classifier,
+               heads.AuxiliaryHead, Supernet, NetworkCIFAR, NetworkImageNet]
+    for cls in classes:
+        assert keras.saving.get_registered_name(cls) == f"darts_tf>{cls.__name__}"
+        assert keras.saving.get_registered_object(f"darts_tf>{cls.__name__}") is cls
 
 
 def test_saved_model_serves_without_darts_tf(tmp_path):

@@ -14,8 +14,9 @@ import pytest
 import tensorflow as tf
 
 from darts_tf import genotypes, ops
-from darts_tf.networks import AuxiliaryHead, ImageNetStem, NetworkCIFAR, NetworkImageNet
-from darts_tf.supernet import Classifier, Stem, Supernet
+from darts_tf.heads import AuxiliaryHead, Classifier, ImageNetStem, Stem
+from darts_tf.networks import NetworkCIFAR, NetworkImageNet
+from darts_tf.supernet import Supernet
 
 DATA = pathlib.Path(__file__).parent / "data"
 

@@ -1,0 +1,269 @@
+"""The TensorFlow kernels of the DARTS ops: pure functions on tensors, no variables.
+
+The op layers (`darts_tf.ops`) and the pieces around the cells (`darts_tf.heads`)
+own the variables and call these functions to compute. Each kernel computes the
+reference's function (quark0/darts `cnn/operations.py`, ../shared/DARTS_REFERENCE.md
+section 3) with as few graph ops as it can: a supernet calls them hundreds of
+times, and the time to trace and optimise a step grows with the number of graph ops.
+
+Layout is NHWC. Padding is PyTorch's explicit symmetric padding (`padding` pixels
+on each side), not Keras' "same", which pads asymmetrically at stride 2 and so
+computes a different function (reference section 8). Average pooling divides by
+the number of valid (unpadded) elements (`count_include_pad=False`), max pooling
+pads with -inf. Kernels compute in the dtype of `x`: under mixed precision the
+float32 filters are cast, not the activations.
+"""
+from __future__ import annotations
+
+import functools
+import weakref
+
+import numpy as np
+import tensorflow as tf
+
+_GRAPH_CONSTANTS = weakref.WeakKeyDictionary()
+
+
+def graph_constant(value: float, channels: int) -> tf.Tensor:
+    """A float32 vector of `channels` x `value`, created once per graph being traced.
+
+    The non-affine batch norms of a supernet need hundreds of ones/zeros vectors; one
+    constant per graph and size keeps them out of the op count (tracing time).
+    """
+    if tf.executing_eagerly():
+        return tf.fill([channels], value)
+    graph = tf.compat.v1.get_default_graph()
+    cache = _GRAPH_CONSTANTS.setdefault(graph, {})
+    key = (value, channels)
+    if key not in cache:
+        with graph.control_dependencies(None):  # usable anywhere in the graph
+            cache[key] = tf.constant(np.full([channels], value, np.float32))
+    return cache[key]
+
+
+@functools.lru_cache(maxsize=None)
+def onednn_enabled() -> bool:
+    """Whether TensorFlow runs its CPU ops with oneDNN (off with TF_ENABLE_ONEDNN_OPTS=0)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port  # pylint: disable=import-outside-toplevel
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):  # an other build: assume the default (oneDNN on)
+        return True
+
+
+def grouped_conv_as_matmul(groups: int, dtype) -> bool:
+    """Whether a grouped 1x1 conv is computed as a batched matmul per group (the same function).
+
+    TensorFlow's CPU kernels have no float16 gradient for grouped convolutions, and no
+    gradient at all without oneDNN (TF_ENABLE_ONEDNN_OPTS=0).
+    """
+    return groups > 1 and (dtype == tf.float16 or not onednn_enabled())
+
+
+def conv2d(x, kernel, stride: int = 1, padding: int = 0, dilation: int = 1) -> tf.Tensor:
+    """A full or grouped convolution with PyTorch padding semantics.
+
+    Args:
+      x: NHWC input.
+      kernel: (kh, kw, in_channels // groups, out_channels) filter; the number of groups
+        is x's channels / kernel.shape[2].
+      stride: spatial stride.
+      padding: zero pixels added on each side of both spatial axes.
+      dilation: spatial dilation.
+
+    Returns:
+      The NHWC output, in x's dtype.
+    """
+    kernel = tf.cast(kernel, x.dtype)
+    groups = x.shape[-1] // kernel.shape[2]
+    if kernel.shape[:2] == (1, 1) and stride == 1 and grouped_conv_as_matmul(groups, x.dtype):
+        c_in, c_out = kernel.shape[2], kernel.shape[3] // groups
+        xg = tf.reshape(x, [-1, x.shape[1], x.shape[2], groups, c_in])
+        kg = tf.transpose(tf.reshape(kernel, [c_in, groups, c_out]), [1, 0, 2])
+        y = tf.einsum("nhwgc,gcd->nhwgd", xg, kg)
+        return tf.reshape(y, [-1, x.shape[1], x.shape[2], groups * c_out])
+    pads = [[0, 0], [padding, padding], [padding, padding], [0, 0]]
+    return tf.nn.conv2d(x, kernel, strides=stride, padding=pads if padding else "VALID",
+                        dilations=dilation)
+
+
+def depthwise_conv2d(x, kernel, stride: int = 1, padding: int = 0,
+                     dilation: int = 1) -> tf.Tensor:
+    """A depthwise convolution with PyTorch padding semantics, built from few graph ops.
+
+    TensorFlow refuses stride 2 together with dilation 2. With an even padding p,
+    out[i] = sum_k w[k] x[2i + 2k - p] = sum_k w[k] x_sub[i + k - p/2] where
+    x_sub = x[::2]: the same function as a stride-1, dilation-1 conv over every
+    other pixel with the padding halved.
+
+    A stride-1 conv with dilation d is an undilated conv on each of the d x d phases of
+    the padded input (`space_to_batch_nd` with the padding, VALID conv, `batch_to_space`);
+    `tf.nn.depthwise_conv2d` does the same with several times the graph ops.
+
+    Args:
+      x: NHWC input.
+      kernel: (kh, kw, channels, 1) filter.
+      stride: spatial stride; above 1 together with a dilation above 1 only as
+        stride == dilation == 2 with an even padding (the DARTS dilated convs).
+      padding: zero pixels added on each side of both spatial axes.
+      dilation: spatial dilation.
+
+    Returns:
+      The NHWC output, in x's dtype.
+    """
+    if stride > 1 and dilation > 1:
+        if not (stride == dilation == 2 and padding % 2 == 0):
+            raise ValueError(
+                "depthwise_conv2d: a stride above 1 with a dilation above 1 is supported only "
+                "as stride == dilation == 2 with an even padding. "
+                f"Received: stride={stride}, dilation={dilation}, padding={padding}")
+        x = x[:, ::2, ::2, :]
+        stride, dilation, padding = 1, 1, padding // 2
+    kernel = tf.cast(kernel, x.dtype)
+    if dilation == 1:
+        # Explicit padding inside the conv op: no padded copy of x is kept for the backward.
+        return tf.raw_ops.DepthwiseConv2dNative(
+            input=x, filter=kernel, strides=[1, stride, stride, 1],
+            padding="EXPLICIT" if padding else "VALID",
+            explicit_paddings=[0, 0, padding, padding, padding, padding, 0, 0] if padding else [])
+    spatial = x.shape[1:3]
+    if stride == 1 and all(n is not None and (n + 2 * padding) % dilation == 0 for n in spatial):
+        block, pads = [dilation, dilation], [[padding, padding], [padding, padding]]
+        phases = tf.space_to_batch_nd(x, block, pads)
+        y = tf.raw_ops.DepthwiseConv2dNative(input=phases, filter=kernel, strides=[1, 1, 1, 1],
+                                             padding="VALID")
+        return tf.batch_to_space(y, block, [[0, 0], [0, 0]])
+    # Odd sizes (e.g. 7x7 in ImageNet networks): TensorFlow's general dilated path.
+    pads = [[0, 0], [padding, padding], [padding, padding], [0, 0]] if padding else "VALID"
+    return tf.nn.depthwise_conv2d(x, kernel, strides=[1, stride, stride, 1], padding=pads,
+                                  dilations=[dilation, dilation])
+
+
+def pointwise_input_grad(upstream, kernel, channels: int) -> tf.Tensor:
+    """The gradient of `conv2d(x, kernel)` (1x1, stride 1) with respect to x.
+
+    The ops TensorFlow's conv gradient uses (or, where `conv2d` computes per-group
+    matmuls, their transposed product), with x's shape taken from `upstream` (a 1x1
+    stride-1 conv keeps the batch and spatial sizes) instead of from x, so that no
+    value of x is needed.
+
+    Args:
+      upstream: the gradient of the conv's output.
+      kernel: the (1, 1, in_channels // groups, out_channels) filter.
+      channels: x's number of channels.
+    """
+    kernel = tf.cast(kernel, upstream.dtype)
+    groups = channels // kernel.shape[2]
+    if grouped_conv_as_matmul(groups, upstream.dtype):
+        c_in, c_out = kernel.shape[2], kernel.shape[3] // groups
+        g = tf.reshape(upstream, [-1, upstream.shape[1], upstream.shape[2], groups, c_out])
+        kg = tf.transpose(tf.reshape(kernel, [c_in, groups, c_out]), [1, 0, 2])
+        x_grad = tf.einsum("nhwgd,gcd->nhwgc", g, kg)
+        return tf.reshape(x_grad, [-1, upstream.shape[1], upstream.shape[2], channels])
+    if upstream.shape[:3].is_fully_defined():  # the usual case: a constant, no shape ops
+        sizes = tf.constant(upstream.shape[:3].as_list() + [channels], tf.int32)
+    else:
+        sizes = tf.concat([tf.shape(upstream)[:3], [channels]], axis=0)
+    return tf.raw_ops.Conv2DBackpropInput(input_sizes=sizes, filter=kernel, out_backprop=upstream,
+                                          strides=[1, 1, 1, 1], padding="VALID")
+
+
+def relu_depthwise_pointwise(x, depthwise, pointwise, stride: int = 1, padding: int = 0,
+                             dilation: int = 1, recompute: bool = False) -> tf.Tensor:
+    """ReLU -> depthwise conv -> pointwise 1x1 conv: the body of SepConv and DilConv.
+
+    With `recompute=True` only `x` is kept for the backward pass. Backprop would
+    otherwise keep the ReLU output (the depthwise filter gradient's input), the dilated
+    conv's padded phases and the depthwise output (the pointwise filter gradient's
+    input) of every such block alive until its gradient runs; in a supernet that is
+    most of a weight pass's activation memory, as four of the seven ops of every edge
+    start with such a block. The gradient recomputes them from `x` when it runs, for
+    some more time (BENCHMARKS.md, "memory"). The search ops recompute; the fixed
+    networks do not, for speed. Values and gradients are the same either way.
+
+    Args:
+      x: NHWC input.
+      depthwise: (k, k, channels, 1) depthwise filter.
+      pointwise: (1, 1, channels // groups, out_channels) pointwise filter.
+      stride, padding, dilation: of the depthwise conv (see `depthwise_conv2d`).
+      recompute: whether to recompute the intermediate values in the backward pass.
+    """
+    if recompute:
+        return _recomputing_relu_depthwise_pointwise(x, depthwise, pointwise, stride, padding,
+                                                     dilation)
+    return conv2d(depthwise_conv2d(tf.nn.relu(x), depthwise, stride, padding, dilation),
+                  pointwise)
+
+
+def _recomputing_relu_depthwise_pointwise(x, depthwise, pointwise, stride, padding, dilation):
+    """`relu_depthwise_pointwise(..., recompute=True)`: a custom gradient that keeps `x`."""
+    depthwise = tf.convert_to_tensor(depthwise)
+    pointwise = tf.convert_to_tensor(pointwise)
+
+    @tf.custom_gradient
+    def block(x, depthwise, pointwise):
+        d = depthwise_conv2d(tf.nn.relu(x), depthwise, stride, padding, dilation)
+
+        def grad(upstream):
+            # Recompute when the backward pass gets here: without the dependency on the
+            # upstream gradient the executor would run the recomputation as soon as x is
+            # ready, in the forward pass, and keep its outputs alive until they are used.
+            with tf.control_dependencies([upstream]):
+                x_again = tf.identity(x)
+            # The pointwise input gradient needs no input values: an architecture pass
+            # (no filter gradients) recomputes no depthwise conv.
+            d_grad = pointwise_input_grad(upstream, pointwise, d.shape[-1])
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch([x_again, depthwise])
+                d_again = depthwise_conv2d(tf.nn.relu(x_again), depthwise, stride, padding,
+                                           dilation)
+            x_grad, depthwise_grad = tape.gradient(d_again, [x_again, depthwise],
+                                                   output_gradients=d_grad)
+            # The recomputed pointwise output is unused and pruned; only its filter gradient
+            # is taken.
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(pointwise)
+                y_again = conv2d(d_again, pointwise)
+            return x_grad, depthwise_grad, tape.gradient(y_again, pointwise,
+                                                         output_gradients=upstream)
+
+        return conv2d(d, pointwise), grad
+
+    return block(x, depthwise, pointwise)
+
+
+@functools.lru_cache(maxsize=None)
+def _valid_count_scale(height, width, stride):
+    """9 / (number of unpadded elements) under each 3x3 window, padding 1."""
+    def counts(n):
+        starts = np.arange(0, n, stride) - 1
+        return np.minimum(starts + 3, n) - np.maximum(starts, 0)
+    return (9.0 / np.outer(counts(height), counts(width)))[None, :, :, None].astype(np.float32)
+
+
+def pool_3x3(x, mode: str, stride: int = 1) -> tf.Tensor:
+    """3x3 max or average pooling with padding 1, as PyTorch computes it.
+
+    Max pooling ignores the padding; average pooling divides by the number of valid
+    (unpadded) elements under each window (`count_include_pad=False`).
+
+    Args:
+      x: NHWC input.
+      mode: "max" or "avg".
+      stride: spatial stride.
+    """
+    if mode not in ("max", "avg"):
+        raise ValueError(f"pool_3x3: mode must be 'max' or 'avg'. Received: mode={mode!r}")
+    if stride == 1:
+        # At stride 1 TensorFlow's "SAME" pads 1 on each side, ignores the padding in max
+        # pooling and divides by the valid elements in average pooling: the reference's
+        # function, without a padded copy of x.
+        pool = tf.nn.max_pool2d if mode == "max" else tf.nn.avg_pool2d
+        return pool(x, 3, 1, "SAME")
+    pads = [[0, 0], [1, 1], [1, 1], [0, 0]]
+    if mode == "max":
+        return tf.nn.max_pool2d(tf.pad(x, pads, constant_values=float("-inf")), 3, stride,
+                                "VALID")
+    mean = tf.nn.avg_pool2d(tf.pad(x, pads), [1, 3, 3, 1], [1, stride, stride, 1], "VALID")
+    # avg_pool2d divided by 9; divide by the valid (unpadded) elements instead.
+    return mean * tf.cast(_valid_count_scale(x.shape[1], x.shape[2], stride), x.dtype)
