@@ -27,10 +27,11 @@ setup(
     extras_require={"test": ["pytest"]},
     entry_points={
         "console_scripts": [
-            "darts-search=trainers.search_main:main",
-            "darts-retrain=trainers.retrain_main:main",
-            "darts-evaluate=trainers.evaluate_main:main",
-            "darts-pipeline=trainers.pipeline_main:main",
+            # console scripts exit with the returned status
+            "darts-search=trainers.cli:search_main",
+            "darts-retrain=trainers.cli:retrain_main",
+            "darts-evaluate=trainers.cli:evaluate_main",
+            "darts-pipeline=trainers.cli:pipeline_main",
         ],
     },
 )

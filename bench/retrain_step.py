@@ -3,7 +3,7 @@ r"""Retraining benchmark: images per second and exported-model latency.
     python bench/retrain_step.py [--steps=6] [--batch=96]
 
 NetworkCIFAR(DARTS_V2, C=36, 20 cells, auxiliary head, drop path 0.2) trained by
-trainers/retrain.py's step (SGD, auxiliary loss, drop path) on random 32x32x3
+trainers/retrain/trainer.py's step (SGD, auxiliary loss, drop path) on random 32x32x3
 batches of 96 (the reference recipe); then the model is exported with
 `model.export()` and the SavedModel's latency measured with plain
 `tf.saved_model.load` at batch 1 and 96. One JSON line.
@@ -35,7 +35,7 @@ def main():
 
     import darts_tf  # pylint: disable=import-outside-toplevel
     from trainers import retrain  # pylint: disable=import-outside-toplevel
-    from trainers.retrain_config import RetrainConfig  # pylint: disable=import-outside-toplevel
+    from configs import RetrainConfig  # pylint: disable=import-outside-toplevel
 
     config = RetrainConfig(batch_size=args.batch, graph_optimization=args.graph_optimization)
     trainer = retrain.RetrainTrainer(

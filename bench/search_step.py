@@ -6,7 +6,7 @@ r"""Search-step benchmark: start-up, time per step and peak memory, one configur
     python bench/search_step.py --tiny               # the tests' tiny supernet (start-up)
 
 Configuration: the reference search network (C=16, 8 cells, 4 nodes, 32x32x3
-inputs, 10 classes), random data, the full search step of trainers/search.py
+inputs, 10 classes), random data, the full search step of trainers/search/trainer.py
 (architecture step on a validation batch, then weight step). Reported per
 configuration:
   startup_s      process start -> end of the first step (imports, build, trace, first step)
@@ -59,7 +59,7 @@ def run_one(order: str, batch: int, steps: int, model: str = "reference") -> dic
 
     import darts_tf  # pylint: disable=import-outside-toplevel
     from trainers import search  # pylint: disable=import-outside-toplevel
-    from trainers.config import SearchConfig  # pylint: disable=import-outside-toplevel
+    from configs import SearchConfig  # pylint: disable=import-outside-toplevel
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import graph_flops  # pylint: disable=import-outside-toplevel

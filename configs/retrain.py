@@ -1,12 +1,101 @@
-"""Retraining presets: `get(name)` returns a RetrainConfig; override fields with `.replace()`.
+"""RetrainConfig and the retraining presets: `get(name)` returns a RetrainConfig; override
+fields with `.replace()`.
 
     darts-retrain --genotype=DARTS_V2 --config=digits --workdir=/tmp/retrain_digits
 
-Each preset's docstring gives the recipe's source and what it reaches.
+Defaults are the reference's CIFAR-10 recipe (quark0/darts `cnn/train.py` run as
+`python train.py --auxiliary --cutout`; reference section 2). Each preset's docstring
+gives the recipe's source and what it reaches.
 """
 from __future__ import annotations
 
-from trainers.retrain_config import RetrainConfig
+import dataclasses
+
+from configs.base import (ConfigIO, check, check_each, check_execution, cosine, in_unit_interval,
+                          is_int, is_number, non_negative, optional_positive_int, positive_int,
+                          preset)
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrainConfig(ConfigIO):
+    """Retraining of a fixed genotype. Defaults: the reference CIFAR-10 recipe (600 epochs)."""
+
+    genotype: str = "DARTS_V2"            # anything darts_tf.load_genotype accepts
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    data_limit: int | None = None         # use only the first N training examples
+    network: str = "cifar"                # cifar (NetworkCIFAR) | imagenet (NetworkImageNet)
+    init_channels: int = 36
+    num_cells: int = 20
+    auxiliary: bool = True
+    auxiliary_weight: float = 0.4
+    drop_path_rate: float = 0.2           # ramped linearly: rate * epoch / epochs
+    epochs: int = 600
+    batch_size: int = 96                  # global batch
+    steps_per_epoch: int | None = None    # None: one pass over the training set
+    # SGD with momentum and coupled (PyTorch) weight decay: g += weight_decay * w.
+    lr: float = 0.025
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    lr_schedule: str = "cosine"           # cosine (to lr_min) | step (lr * gamma^(epoch // n))
+    lr_min: float = 0.0
+    lr_decay_rate: float = 0.97           # step schedule: gamma
+    lr_decay_epochs: int = 1              # step schedule: decay every n epochs
+    grad_clip: float = 5.0                # global norm; 0 disables
+    label_smoothing: float = 0.0
+    # Augmentation (trainers/data): None keeps the data set's default.
+    augment: bool = True
+    cutout: int | None = 16
+    # Execution.
+    seed: int = 0
+    deterministic: bool = False           # tf.config.experimental.enable_op_determinism
+    strategy: str = "default"             # default | mirrored | multi_worker
+    graph_optimization: str = "auto"      # auto | fast | full (trainers.runtime.distribute)
+    eval_batch_size: int = 256
+    checkpoint_every: int = 200           # steps between checkpoints (and at each epoch end)
+    log_every: int = 50                   # steps between log lines / TensorBoard points
+
+    RESUMABLE_CHANGES = frozenset({"log_every", "checkpoint_every", "eval_batch_size",
+                                   "genotype", "data_dir"})
+
+    def __post_init__(self):
+        check_each(self, ("init_channels", "num_cells", "epochs", "batch_size", "lr_decay_epochs",
+                          "eval_batch_size", "checkpoint_every", "log_every"), positive_int,
+                   "a positive integer")
+        check_each(self, ("data_limit", "steps_per_epoch"), optional_positive_int,
+                   "None or a positive integer")
+        check(self.cutout is None or (is_int(self.cutout) and self.cutout >= 0), "cutout",
+              self.cutout, "None or an integer >= 0")
+        check(is_number(self.lr) and self.lr > 0, "lr", self.lr, "a finite number > 0")
+        check_each(self, ("lr_min", "weight_decay", "grad_clip", "auxiliary_weight"), non_negative,
+                   "a finite number >= 0")
+        check(self.lr_min <= self.lr, "lr_min", self.lr_min, f"<= lr ({self.lr})")
+        check_each(self, ("momentum", "drop_path_rate", "label_smoothing"), in_unit_interval,
+                   "in [0, 1)")
+        check(is_number(self.lr_decay_rate) and 0 < self.lr_decay_rate <= 1, "lr_decay_rate",
+              self.lr_decay_rate, "in (0, 1]")
+        check(self.network in ("cifar", "imagenet"), "network", self.network,
+              "'cifar' or 'imagenet'")
+        check(self.lr_schedule in ("cosine", "step"), "lr_schedule", self.lr_schedule,
+              "'cosine' or 'step'")
+        check_each(self, ("auxiliary", "augment"), lambda v: isinstance(v, bool), "True or False")
+        check_execution(self)
+        check(isinstance(self.genotype, str) and bool(self.genotype.strip()), "genotype",
+              self.genotype, "a non-empty string")
+
+    def learning_rate(self, epoch: int) -> float:
+        """The learning rate of `epoch` (counted from 0), stepped once per epoch.
+
+        cosine: CosineAnnealingLR(T_max=epochs, eta_min=lr_min), as `cnn/train.py`.
+        step: StepLR(step_size=lr_decay_epochs, gamma=lr_decay_rate), as `train_imagenet.py`.
+        """
+        if self.lr_schedule == "step":
+            return self.lr * self.lr_decay_rate ** (epoch // self.lr_decay_epochs)
+        return cosine(self.lr, self.lr_min, epoch, self.epochs)
+
+    def drop_path_prob(self, epoch: int) -> float:
+        """`drop_path_rate * epoch / epochs` (`cnn/train.py` L100): 0 in the first epoch."""
+        return self.drop_path_rate * epoch / self.epochs
 
 
 def cifar10() -> RetrainConfig:
@@ -57,10 +146,9 @@ def digits() -> RetrainConfig:
 
 
 PRESETS = {"cifar10": cifar10, "imagenet": imagenet, "digits": digits}
+DEFAULT_PRESET = "digits"  # every CLI starts from the embedded data set
 
 
 def get(name: str) -> RetrainConfig:
-    """The preset called `name` (cifar10, imagenet, digits)."""
-    if name not in PRESETS:
-        raise ValueError(f"Unknown retrain preset {name!r}; choices: {sorted(PRESETS)}.")
-    return PRESETS[name]()
+    """The preset `name` (cifar10, imagenet, digits); a ConfigError for an unknown one."""
+    return preset(PRESETS, "retrain", name)

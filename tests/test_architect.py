@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainers.architect import Architect, cross_entropy
+from trainers.runtime.losses import cross_entropy, global_mean
+from trainers.search.architect import Architect
 
 BATCH = 16
 
@@ -72,7 +73,7 @@ def _loss(model, w, a, batch):
         values[i] = t
     nt = [tf.convert_to_tensor(v) for v in model.non_trainable_variables]
     logits, _ = model.stateless_call(values, nt, batch[0], training=True)
-    return cross_entropy(logits, batch[1], BATCH)
+    return global_mean(cross_entropy(batch[1], logits), BATCH)
 
 
 def _values(model):

@@ -1,4 +1,4 @@
-"""Tests for trainers/data.py: splits, determinism, augmentation, tfds paths, errors."""
+"""Tests for trainers/data: splits, determinism, augmentation, tfds paths, errors."""
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -35,7 +35,7 @@ def test_digits_spec_and_fixed_stratified_split():
     assert (spec.num_train, spec.num_test, spec.num_classes) == (1437, 360, 10)
     assert spec.image_shape == (8, 8, 1)
     assert (spec.crop_padding, spec.flip, spec.cutout) == (1, False, 0)
-    (x_train, y_train), (x_test, y_test) = data._digits_arrays()
+    (x_train, y_train), (x_test, y_test) = data.digits_arrays()
     assert x_train.shape == (1437, 8, 8, 1) and x_test.shape == (360, 8, 8, 1)
     assert x_train.min() == 0.0 and x_train.max() == 1.0
     # train_test_split(test_size=360, stratify=y, random_state=0): pinned.
@@ -46,7 +46,7 @@ def test_digits_spec_and_fixed_stratified_split():
 
 def test_digits_mean_std_are_those_of_the_train_split():
     spec = data.get_spec("digits")
-    (x_train, _), _ = data._digits_arrays()
+    (x_train, _), _ = data.digits_arrays()
     np.testing.assert_allclose(spec.mean, x_train.astype(np.float64).mean(axis=(0, 1, 2)), rtol=1e-6)
     np.testing.assert_allclose(spec.std, x_train.astype(np.float64).std(axis=(0, 1, 2)), rtol=1e-6)
     images = np.concatenate([x for x, _ in _arrays(
@@ -60,7 +60,7 @@ def test_digits_eval_keeps_the_remainder_in_stored_order():
     batches = _arrays(data.eval_data("digits", batch_size=100))
     assert [len(y) for _, y in batches] == [100, 100, 100, 60]
     labels = np.concatenate([y for _, y in batches])
-    np.testing.assert_array_equal(labels, data._digits_arrays()[1][1])
+    np.testing.assert_array_equal(labels, data.digits_arrays()[1][1])
     assert batches[0][0].dtype == np.float32 and labels.dtype == np.int32
     assert len(_arrays(data.eval_data("digits", batch_size=16, limit=40))) == 3
 
@@ -68,7 +68,7 @@ def test_digits_eval_keeps_the_remainder_in_stored_order():
 def test_search_halves_are_the_two_halves_of_train():
     spec = data.get_spec("digits")
     weights, alphas = data.search_data("digits", batch_size=1, seed=0, epoch=0)
-    (x_train, _), _ = data._digits_arrays()
+    (x_train, _), _ = data.digits_arrays()
     expected = (x_train - spec.mean[0]) / spec.std[0]
     halves = [np.concatenate([x for x, _ in _arrays(ds)]) for ds in (weights, alphas)]
     assert [len(h) for h in halves] == [718, 719]  # 1437 // 2, then the rest
@@ -111,7 +111,7 @@ def test_resume_mid_epoch_with_skip():
 
 def test_train_data_without_augmentation_is_a_shuffled_normalised_train_set():
     spec = data.get_spec("digits")
-    (x_train, _), _ = data._digits_arrays()
+    (x_train, _), _ = data.digits_arrays()
     ds = data.train_data("digits", batch_size=479, seed=0, epoch=0, augment=False)
     images = np.concatenate([x for x, _ in _arrays(ds)])
     assert images.shape == (1437, 8, 8, 1)  # 3 full batches of 479

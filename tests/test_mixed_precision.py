@@ -6,7 +6,7 @@ import tensorflow as tf
 
 import darts_tf
 from trainers import data, search
-from trainers.config import SearchConfig
+from configs import SearchConfig
 
 
 def tiny():

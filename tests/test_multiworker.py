@@ -20,7 +20,7 @@ WORKER = r"""
 import json, os, sys
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 from trainers import search
-from trainers.config import SearchConfig
+from configs import SearchConfig
 import darts_tf
 
 config = SearchConfig(dataset="digits", data_limit=200, epochs=1, steps_per_epoch=3,
@@ -74,9 +74,12 @@ def test_two_workers_on_loopback_end_with_the_same_genotype(tmp_path):
     assert chief["architecture"] == other["architecture"]
     for name, value in chief["alphas"].items():
         np.testing.assert_array_equal(np.asarray(value), np.asarray(other["alphas"][name]))
-    # The alphas did move from their 1e-3 * N(0, 1) start, and only the chief wrote the
-    # shared work directory; the other worker kept its files apart.
+    # The alphas did move from their 1e-3 * N(0, 1) start. The write policy
+    # (trainers.runtime.run): only the chief writes the work directory; the other worker
+    # writes only its checkpoints, apart.
     assert max(abs(np.asarray(v)).max() for v in chief["alphas"].values()) > 1e-3
-    assert Path(chief["workdir"]) == tmp_path / "run"
-    assert Path(other["workdir"]) == tmp_path / "run" / ".worker_1"
+    assert Path(chief["workdir"]) == Path(other["workdir"]) == tmp_path / "run"
     assert (tmp_path / "run" / "genotype.json").exists()
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint").exists()
+    private = tmp_path / "run" / ".worker_1"
+    assert sorted(p.name for p in private.iterdir()) == ["checkpoints"]

@@ -1,16 +1,14 @@
 """The README's main job: search -> retrain -> export -> evaluate, on digits, tiny."""
 import json
 
-from trainers import pipeline_main
+from trainers.pipeline import run_pipeline
+
+TINY = {"epochs": 1, "steps_per_epoch": 3, "init_channels": 4, "num_cells": 3, "batch_size": 16}
 
 
 def test_pipeline_search_retrain_export_evaluate(tmp_path):
-    summary = pipeline_main.run(
-        "digits", str(tmp_path),
-        search_set=["epochs=1", "steps_per_epoch=3", "init_channels=4", "num_cells=3",
-                    "num_nodes=1", "batch_size=16"],
-        retrain_set=["epochs=1", "steps_per_epoch=3", "init_channels=4", "num_cells=3",
-                     "batch_size=16"])
+    summary = run_pipeline("digits", tmp_path, search_overrides={**TINY, "num_nodes": 1},
+                           retrain_overrides=TINY)
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     # The genotype the search wrote is the one the retraining trained.
     searched = json.loads((tmp_path / "search" / "genotype.json").read_text())

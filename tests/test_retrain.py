@@ -19,13 +19,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from configs import ConfigError, RetrainConfig
 from configs import retrain as presets
 from darts_tf import genotypes
 from darts_tf.genotype import genotype_to_nni, load_genotype
 from trainers import data, retrain
-from trainers.config import ConfigError
 from trainers.cli import parse_field
-from trainers.retrain_config import RetrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
@@ -36,15 +35,17 @@ ARTIFACTS = ("config.json", "genotype.json", "metrics.jsonl", "model.keras", "sa
              "final_metrics.json", "checkpoints", "tensorboard")
 
 
-def _cli(module, *args, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=ENV,
+def _cli(program, *args, **kwargs):
+    """`darts-{program}` with `args`, in its own process (as the console script runs it)."""
+    script = f"import sys; from trainers import cli; sys.exit(cli.{program}_main(sys.argv))"
+    return subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
-def _finish(process, timeout=240):
+def _finish(process, timeout=240, stderr=False):
     out, err = process.communicate(timeout=timeout)
     assert process.returncode == 0, err[-3000:]
-    return out
+    return (out, err) if stderr else out
 
 
 def _weights(workdir):
@@ -58,7 +59,8 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras
 from configs import retrain as presets
 from darts_tf import NetworkCIFAR, load_genotype
-from trainers import data, distribute, retrain
+from trainers import data, retrain
+from trainers.runtime import distribute
 
 # Few batch norms: tracing two replicas' updates dominates this test's time.
 LIGHT_TEXT = """Genotype(
@@ -125,11 +127,11 @@ class _Background:
         nni = tmp / "epoch_49.json"
         nni.write_text(json.dumps(genotype_to_nni(genotypes.DARTS_V2)))
         self.reference_dir, self.resume_dir = tmp / "reference", tmp / "resume"
-        self.reference = _cli("trainers.retrain_main", f"--genotype={nni}",
+        self.reference = _cli("retrain", f"--genotype={nni}",
                               f"--workdir={self.reference_dir}", *TINY_FLAGS)
         self.resume_args = ["--genotype=DARTS_V2", f"--workdir={self.resume_dir}", *TINY_FLAGS,
                             "--checkpoint_every=3"]
-        self.killed = _cli("trainers.retrain_main", *self.resume_args)
+        self.killed = _cli("retrain", *self.resume_args)
         self.mirrored = subprocess.Popen(
             [sys.executable, "-c", _MIRRORED_SCRIPT, str(tmp / "mirrored")], cwd=ROOT, env=ENV,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -147,13 +149,13 @@ class _Background:
         self.killed.send_signal(signal.SIGKILL)
         self.killed.wait()
         self.kill_report["finished_before_kill"] = (self.resume_dir / "final_metrics.json").exists()
-        self.resumed = _cli("trainers.retrain_main", *self.resume_args)
+        self.resumed = _cli("retrain", *self.resume_args)
 
     def resume_output(self) -> str:
         self._watcher.join(timeout=300)
         assert "error" not in self.kill_report, self.kill_report["error"]
         assert not self.kill_report["finished_before_kill"]
-        return _finish(self.resumed)
+        return _finish(self.resumed, stderr=True)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -259,7 +261,7 @@ def test_nan_loss_stops_naming_epoch_and_step_keeping_the_last_good_checkpoint(t
                 tf.where(i == 2, tf.fill(tf.shape(b[0]), np.nan), b[0]), b[1]))
         return ds
 
-    with pytest.raises(retrain.RetrainDivergedError, match=r"epoch 1 step 2 \(global step 5\)"):
+    with pytest.raises(retrain.DivergedError, match=r"epoch 1 step 2 \(global step 5\)"):
         retrain.run(config, str(tmp_path), data_fn=data_fn)
     latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
     assert latest.endswith("-5")  # 3 steps of epoch 0 + 2 good steps of epoch 1
@@ -296,10 +298,12 @@ def test_invalid_runs_are_refused_before_writing(tmp_path):
     assert parse_field(RetrainConfig, "cutout", "none") is None and parse_field(RetrainConfig, "auxiliary", "false") is False
     with pytest.raises(ConfigError, match="data_limit='abc'"):
         parse_field(RetrainConfig, "data_limit", "abc")
-    process = _cli("trainers.retrain_main", "--config=digits", f"--workdir={tmp_path / 'd'}",
+    process = _cli("retrain", "--config=digits", f"--workdir={tmp_path / 'd'}",
                    "--batch_size=0")
     _, err = process.communicate(timeout=60)
-    assert process.returncode != 0 and "batch_size=0" in err
+    assert process.returncode == 2
+    assert err.strip().splitlines() == [
+        "darts-retrain: Invalid config value batch_size=0: expected a positive integer."]
 
 
 def test_imagenet_preset_runs_a_step_on_mock_imagenet(tmp_path):
@@ -345,8 +349,8 @@ def test_evaluate_without_darts_tf_matches_the_model_in_process(cli_run, tmp_pat
         sys.modules["darts_tf"] = None  # importing darts_tf now fails
         sys.argv = ["darts-evaluate", "--saved_model={workdir / 'saved_model'}",
                     "--dataset=digits", "--batch_size=100", "--output={output}"]
-        from trainers import evaluate_main
-        evaluate_main.main()
+        from trainers import cli
+        sys.exit(cli.evaluate_main())
     """)
     out = _finish(subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=ENV,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
@@ -363,8 +367,8 @@ def test_evaluate_without_darts_tf_matches_the_model_in_process(cli_run, tmp_pat
 
 def test_resume_after_sigkill_gives_the_same_weights(background, cli_run):
     reference, _ = cli_run
-    out = background.resume_output()
-    resumed = [line for line in out.splitlines() if line.startswith("Resumed from")]
+    out, err = background.resume_output()
+    resumed = [line for line in err.splitlines() if line.startswith("Resumed from")]
     assert resumed and "global step 0)" not in resumed[0]
     for a, b in zip(_weights(background.resume_dir), _weights(reference)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

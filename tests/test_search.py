@@ -18,8 +18,10 @@ import pytest
 import tensorflow as tf
 
 import darts_tf
-from trainers import data, distribute, search
-from trainers.config import ConfigError, SearchConfig
+from configs import ConfigError, SearchConfig
+from trainers import data, search
+from trainers.runtime import distribute, run as run_lib
+from trainers.runtime.optim import MomentumSGD
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_CONFIG = SearchConfig(dataset="digits", data_limit=400, epochs=2, steps_per_epoch=6,
@@ -71,7 +73,7 @@ class TinyMixNet(keras.Model):
 def test_momentum_sgd_is_pytorch_sgd_after_clip_grad_norm():
     """clip_grad_norm_(5) on the raw gradient, then buf = mu * buf + g + wd * w, w -= lr * buf."""
     w = keras.Variable(np.array([1.0, -2.0, 3.0], np.float32))
-    opt = search.MomentumSGD([w], momentum=0.9, weight_decay=0.1, clip_norm=5.0)
+    opt = MomentumSGD([w], momentum=0.9, weight_decay=0.1, clip_norm=5.0)
     expected, buf = w.numpy().astype(np.float64), np.zeros(3)
     for g, lr in (([3.0, 4.0, 12.0], 0.5), ([0.1, -0.2, 0.3], 0.25)):  # norm 13: clipped; not
         opt.apply([tf.constant(g)], [w], tf.constant(lr))
@@ -206,19 +208,26 @@ def _run(workdir, config=RUN_CONFIG):
 
 @pytest.fixture(name="reference", scope="module")
 def fixture_reference(tmp_path_factory):
-    """An uninterrupted run of 2 epochs x 6 steps, and its stdout."""
-    import contextlib
+    """An uninterrupted run of 2 epochs x 6 steps, and its log lines (logger "trainers")."""
     import io
+    import logging
 
     out = io.StringIO()
+    handler, logger = logging.StreamHandler(out), logging.getLogger("trainers")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     workdir = tmp_path_factory.mktemp("reference")
-    with contextlib.redirect_stdout(out):
+    try:
         result = _run(workdir)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     return result, out.getvalue()
 
 
 def test_a_run_writes_its_files_and_traces_the_step_once(reference):
-    result, stdout = reference
+    result, log = reference
     workdir = Path(result.workdir)
     assert result.step_traces == 1 and result.global_step == 12
     assert result.resumed_from_step is None
@@ -236,7 +245,7 @@ def test_a_run_writes_its_files_and_traces_the_step_once(reference):
     for name, value in result.alphas.items():
         np.testing.assert_array_equal(np.asarray(lines[1]["alphas"][name], np.float32), value)
     # Plain log lines when stdout is not a terminal, and the epoch learning rates (cosine).
-    assert "epoch 0 step 1/6 loss" in stdout and "epoch 1 step 6/6" in stdout
+    assert "epoch 0 step 1/6 loss" in log and "epoch 1 step 6/6" in log
     # lr(e) = 0.001 + 0.024 * (1 + cos(pi * e / 2)) / 2, stepped at each epoch start.
     assert [h["w_lr"] for h in result.history] == pytest.approx([0.025, 0.013])
     # The cells drawn as a PNG, and TensorBoard events with the metrics and the alphas.
@@ -287,17 +296,17 @@ def test_resume_after_sigkill_mid_epoch(reference, tmp_path):
 
 def test_divergence_stops_and_keeps_the_last_checkpoint(tmp_path):
     config = RUN_CONFIG.replace(w_lr=1e30, epochs=1, checkpoint_every=1, deterministic=False)
-    with pytest.raises(search.SearchDivergedError, match=r"epoch 0, step (\d)") as err:
+    with pytest.raises(search.DivergedError, match=r"epoch 0 step (\d)") as err:
         _run(tmp_path, config)
+    # The step that diverged is not counted: `bad_step` steps were done before it.
     bad_step = int(err.value.args[0].split("step ")[1].split(" ")[0])
     print(err.value)
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(), tmp_path / "checkpoints", 10)
-    assert manager.latest_checkpoint.endswith(f"ckpt-{bad_step - 1}")
+    assert manager.latest_checkpoint.endswith(f"ckpt-{bad_step}")
     trainer = search.SearchTrainer(tiny_supernet, config, input_shape=(8, 8, 1))
-    step = tf.Variable(0, dtype=tf.int64)
-    status = trainer.checkpoint(step=step).restore(manager.latest_checkpoint)
-    status.assert_existing_objects_matched()
-    assert int(step.numpy()) == bad_step - 1
+    state = run_lib.RunState(tmp_path, trainer.strategy, trainer.model, trainer.state_objects(),
+                             metrics=search.METRICS, checkpoint_every=1)
+    assert state.restore() == bad_step
     assert all(np.isfinite(v.numpy()).all() for v in trainer.model.variables)
 
 
@@ -310,7 +319,7 @@ def test_bad_config_is_refused_before_anything_runs(tmp_path, reference, mirrore
                              input_shape=(8, 8, 1))
     with pytest.raises(ConfigError, match="mixed_precision='float8'"):
         RUN_CONFIG.replace(mixed_precision="float8")
-    with pytest.raises(ConfigError, match=r"different \['seed'\]"):  # resuming another search
+    with pytest.raises(run_lib.RunMismatchError, match=r"different \['seed'\]"):  # another search
         _run(reference[0].workdir, RUN_CONFIG.replace(seed=4))
 
 

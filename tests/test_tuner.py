@@ -18,8 +18,8 @@ import tensorflow as tf
 
 from darts_tf import Genotype, genotypes
 from trainers import data, search
-from trainers import tuner as tuner_lib
-from trainers.config import ConfigError, SearchConfig
+from trainers.search import tuner as tuner_lib
+from configs import ConfigError, SearchConfig
 
 # keras_tuner 1.4.8's Oracle calls threading.currentThread().getName() (deprecated names).
 pytestmark = pytest.mark.filterwarnings("ignore:(currentThread|getName):DeprecationWarning")
@@ -159,7 +159,7 @@ def test_every_trial_failing_raises_naming_the_first(fake_search, digits, tmp_pa
     (x, y), validation = digits
     tuner = make_tuner(tmp_path, hypermodel=UnbuildableHyperModel(
         10, input_channels=1, init_channels=4, num_cells=3))
-    with caplog.at_level(logging.ERROR, logger="trainers.tuner"):
+    with caplog.at_level(logging.ERROR, logger="trainers.search.tuner"):
         with pytest.raises(tuner_lib.TrialsFailedError,
                            match=r"All 2 trials .* Trial 0 FAILED: NotImplementedError: cannot "
                                  r"build this cell \(full traceback: 'message' in .*trial_0"):
@@ -198,7 +198,7 @@ def test_one_failed_trial_is_logged_and_the_search_completes(fake_search, digits
     (x, y), validation = digits
     fake_search["fail"] = {0}
     tuner = make_tuner(tmp_path)
-    with caplog.at_level(logging.ERROR, logger="trainers.tuner"):
+    with caplog.at_level(logging.ERROR, logger="trainers.search.tuner"):
         tuner.search(x, y, validation_data=validation, **FIT)
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1
@@ -284,7 +284,7 @@ def _examples(ds):
 def test_array_data_split_in_halves_and_reshuffled_per_epoch(digits):
     (x, y), _ = digits
     config = CONFIG.replace(batch_size=8)
-    data_fn, shape = tuner_lib.search_data_fn(x, y, config)
+    data_fn, shape = data.search_data_fn(x, y, config)
     assert shape == (8, 8, 1)
     weights, alphas = data_fn(0)
     first = [tuple(v.ravel().tolist()) for v in x[:128]]
@@ -294,14 +294,14 @@ def test_array_data_split_in_halves_and_reshuffled_per_epoch(digits):
     np.testing.assert_array_equal(labels(data_fn(0)[0]), labels(weights))
     assert not np.array_equal(labels(data_fn(1)[0]), labels(weights))
     with pytest.raises(ValueError, match="fewer than batch_size=16"):
-        tuner_lib.search_data_fn(x[:20], y[:20], CONFIG)
+        data.search_data_fn(x[:20], y[:20], CONFIG)
 
 
 def test_dataset_split_is_disjoint_complete_and_order_free(digits):
     (x, y), _ = digits
     reshuffled = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(256).batch(32)
     config = CONFIG.replace(batch_size=1)
-    data_fn, shape = tuner_lib.search_data_fn(reshuffled, None, config)
+    data_fn, shape = data.search_data_fn(reshuffled, None, config)
     assert shape == (8, 8, 1)
     weights, alphas = data_fn(0)
     w, a = _examples(weights), _examples(alphas)
@@ -309,4 +309,4 @@ def test_dataset_split_is_disjoint_complete_and_order_free(digits):
     assert 0.35 < len(w) / len(x) < 0.65
     assert _examples(data_fn(1)[0]) == w  # the same split although the input reshuffles
     with pytest.raises(ValueError, match="infinite"):
-        tuner_lib.search_data_fn(reshuffled.repeat(), None, config)
+        data.search_data_fn(reshuffled.repeat(), None, config)

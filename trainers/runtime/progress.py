@@ -1,9 +1,16 @@
-"""Progress of a training loop: a Keras progress bar on a TTY, plain log lines otherwise."""
+"""Progress of a training loop: a Keras progress bar on a TTY, log lines otherwise.
+
+Everything but the bar goes through `logging` (logger "trainers..."); the command line
+shows those lines (trainers/cli.py), a library user decides with their logging setup.
+"""
 from __future__ import annotations
 
+import logging
 import sys
 
 import keras
+
+logger = logging.getLogger(__name__)
 
 
 class Progress:
@@ -12,7 +19,7 @@ class Progress:
     Args:
       epoch, epochs: this epoch (from 0) and the number of epochs.
       steps: steps in the epoch (None if unknown).
-      log_every: without a TTY, print a line every this many steps.
+      log_every: without a TTY, log a line every this many steps.
       start_step: steps already done (a resumed epoch).
       stateful_metrics: metrics shown as their latest value on the bar, not an epoch mean.
     """
@@ -20,8 +27,8 @@ class Progress:
     def __init__(self, epoch, epochs, steps, log_every, start_step, stateful_metrics=None):
         self.epoch, self.epochs, self.steps, self.log_every = epoch, epochs, steps, log_every
         self.bar = None
-        if sys.stdout.isatty():
-            print(f"Epoch {epoch + 1}/{epochs}")
+        if sys.stdout.isatty() and logger.isEnabledFor(logging.INFO):
+            logger.info("Epoch %d/%d", epoch + 1, epochs)
             self.bar = keras.utils.Progbar(steps, stateful_metrics=stateful_metrics)
             if start_step:
                 self.bar.update(start_step)
@@ -31,4 +38,9 @@ class Progress:
             self.bar.update(step, values=list(metrics.items()))
         elif step % self.log_every == 0:
             values = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-            print(f"epoch {self.epoch} step {step}/{self.steps or '?'} {values}", flush=True)
+            logger.info("epoch %d step %d/%s %s", self.epoch, step, self.steps or "?", values)
+
+
+def epoch_line(epoch: int, metrics: dict) -> None:
+    """Logs one epoch's summary line: "epoch N: name value ...". """
+    logger.info("epoch %d: %s", epoch, " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))

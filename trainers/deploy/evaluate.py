@@ -1,6 +1,6 @@
 """Evaluation of an exported SavedModel: accuracy, parameter count and latency.
 
-Needs only TensorFlow and `trainers.data` (no darts_tf): the SavedModel written by
+Needs only TensorFlow and `trainers` (no darts_tf): the SavedModel written by
 `darts-retrain` (`Model.export`) is served with plain `tf.saved_model.load`,
 exactly as a deployment would use it.
 """
@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainers import data
+from trainers.runtime.losses import count_in_top_k, cross_entropy
 
 
 def _serving_fn(loaded):
@@ -61,7 +62,9 @@ def evaluate_saved_model(path: str, dataset: str = "digits", split: str = "test"
       arguments.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
+        raise ValueError(f"batch_size must be a positive integer. Received: "
+                         f"batch_size={batch_size!r}")
+    data.get_spec(dataset, data_dir)  # an unknown or absent data set fails before the load
     loaded = tf.saved_model.load(path)
     serve = _serving_fn(loaded)
     ds = data.eval_data(dataset, batch_size=batch_size, split=split, data_dir=data_dir,
@@ -70,12 +73,10 @@ def evaluate_saved_model(path: str, dataset: str = "digits", split: str = "test"
     count, first = 0, None
     for images, labels in ds:
         first = images if first is None else first
-        logits = tf.cast(serve(images), tf.float32)
-        labels = tf.cast(labels, tf.int32)
-        k = min(5, int(logits.shape[-1]))
-        top1 += float(tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32)))
-        top5 += float(tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, k), tf.float32)))
-        loss += float(tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)))
+        logits = serve(images)
+        top1 += float(count_in_top_k(labels, logits, 1))
+        top5 += float(count_in_top_k(labels, logits, min(5, int(logits.shape[-1]))))
+        loss += float(tf.reduce_sum(cross_entropy(labels, logits)))
         count += int(labels.shape[0])
     if count == 0:
         raise ValueError(f"{dataset} split {split!r} is empty.")

@@ -1,10 +1,9 @@
-"""The execution environment of a run: which tf.distribute strategy, who writes files,
-whether ops are deterministic, and how much graph optimisation a step gets.
+"""The execution environment of a run: which tf.distribute strategy, which process is the
+chief, whether ops are deterministic, and how much graph optimisation a step gets.
 
 Search and retraining both go through `make_strategy` (config field `strategy`:
-default | mirrored | multi_worker) and, under several workers, write their work
-directory only from the chief (`output_dir` gives the others a private one, as
-TensorFlow's multi-worker checkpointing wants every worker to save).
+default | mirrored | multi_worker); who writes what under several workers is
+`trainers.runtime.run`'s one write policy, which asks `is_chief` here.
 """
 from __future__ import annotations
 
@@ -14,9 +13,19 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from trainers.config import GRAPH_OPTIMIZATION
+from configs.base import GRAPH_OPTIMIZATION, STRATEGIES, ConfigError
 
-STRATEGIES = ("default", "mirrored", "multi_worker")
+
+def trainer_strategy(config, strategy=None) -> tuple[tf.distribute.Strategy, str]:
+    """(strategy, graph mode) of a trainer: `strategy` or the default one, whose replicas must
+    split `config.batch_size` evenly, and the resolved `config.graph_optimization` ("fast"
+    or "full", decided once so that a step does not look at devices)."""
+    strategy = strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ConfigError(f"Invalid config value batch_size={config.batch_size!r}: expected "
+                          f"a multiple of the {replicas} replicas.")
+    return strategy, resolve_graph_optimization(config.graph_optimization, strategy)
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -55,12 +64,12 @@ def is_chief(strategy) -> bool:
             and "chief" not in resolver.cluster_spec().as_dict())
 
 
-def output_dir(strategy, workdir: Path) -> Path:
-    """`workdir` for the chief; a private `workdir/.worker_{id}` for the other workers."""
+def worker_name(strategy) -> str | None:
+    """"{task_type}_{task_id}" of a non-chief worker; None for the chief (or no cluster)."""
     if is_chief(strategy):
-        return Path(workdir)
+        return None
     resolver = strategy.cluster_resolver
-    return Path(workdir) / f".{resolver.task_type}_{resolver.task_id}"
+    return f"{resolver.task_type}_{resolver.task_id}"
 
 
 @contextlib.contextmanager
@@ -128,14 +137,9 @@ def graph_optimization(mode: str, strategy=None):
 
     "full" is TensorFlow's default. "fast" runs the graph optimiser once instead of
     twice and skips the passes that cost start-up time without making a CPU step
-    faster, measured on the reference search step (C=16, 8 cells, batch 16, 2 cores,
-    BENCHMARKS.md): the memory optimiser alone took 10.8 s of a 32 s optimisation of
-    the second-order step, layout / remapping / constant folding / dependency and
-    arithmetic passes another ~8 s; the step did not get slower (first order
-    1.58-1.82 s with the full optimiser, 1.57-1.60 s fast) and peak memory fell
-    (2.90 -> 2.69 GB). The loop optimiser, the implementation selector and the MLIR
-    (TFG) hook, which rewrite nothing in these graphs, took another ~4 s of the
-    second-order step's first call (19.4 -> 15.2 s). "auto"
+    faster: the memory optimiser, layout, remapping, constant folding, dependency,
+    arithmetic and loop optimisation, the implementation selector and the MLIR (TFG)
+    hook (what each one cost is measured in BENCHMARKS.md). "auto"
     (`resolve_graph_optimization`, needs `strategy`) is "fast" on CPUs and "full"
     when the strategy has a GPU (whose layout and fusion passes matter).
 

@@ -42,23 +42,11 @@ import dataclasses
 
 import tensorflow as tf
 
-from trainers.optim import global_norm  # noqa: F401  (also architect.global_norm)
-
 from darts_tf import search_space
+from trainers.runtime.losses import cross_entropy, global_mean
+from trainers.runtime.optim import global_norm
 
 FINITE_DIFFERENCE_R = 1e-2  # eps = r / ||dw'||, quark0 `_hessian_vector_product(r=1e-2)`
-
-
-def cross_entropy(logits, labels, global_batch_size: int):
-    """Sparse softmax cross-entropy summed over this replica's examples / global batch size."""
-    logits = tf.cast(logits, tf.float32) if logits.dtype in (tf.float16, tf.bfloat16) else logits
-    per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.cast(labels, tf.int32), logits=logits)
-    # tf.nn.compute_average_loss's value, without its stateful Assert op (global_batch_size
-    # >= 0): a stateful op makes each traced pass a StatefulPartitionedCall, which the step
-    # must run even when its outputs are unused and whose inlined outputs wait for the Assert.
-    total = tf.reduce_sum(per_example)
-    return total / tf.cast(global_batch_size, total.dtype)
 
 
 def _as_dtype(value, dtype):
@@ -161,7 +149,8 @@ class Architect:
         """(loss, logits, new non-trainables) on one (x, y) batch, stateless."""
         x, y = batch
         logits, new_non_trainables = self.forward(weights, alphas, non_trainables, x)
-        return cross_entropy(logits, y, self.global_batch_size), logits, new_non_trainables
+        loss = global_mean(cross_entropy(y, logits), self.global_batch_size)
+        return loss, logits, new_non_trainables
 
     # The gradients ------------------------------------------------------------------------
 

@@ -1,0 +1,187 @@
+"""The search step: one strategy seam for the DARTS bilevel update (Algorithm 1).
+
+`SearchTrainer` creates the model, both optimizers and the architect inside
+`strategy.scope()`; `SearchTrainer.step` is one `tf.function` that calls
+`strategy.run(_replica_step)` and `strategy.reduce`. Per replica, as the reference
+(quark0/darts `cnn/train_search.py` L143-155):
+
+1. architecture step: alpha gradient on the validation batch (`architect.py`,
+   first or second order), Adam with coupled weight decay;
+2. weight step on the training batch: SGD with momentum and coupled weight
+   decay (PyTorch semantics, `MomentumSGD`), gradients clipped by global norm;
+   batch-norm moving statistics averaged over replicas.
+
+Every update is applied in cross-replica context to all-reduced values, so the
+replicas stay bitwise identical whatever the variables' aggregation.
+"""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from configs import ConfigError, SearchConfig
+from trainers.runtime import distribute
+from trainers.runtime.losses import count_correct
+from trainers.runtime.optim import Adam, MomentumSGD, assign_from_replicas
+from trainers.runtime.run import variable_names
+from trainers.search import architect as architect_lib
+
+METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+class SearchTrainer:
+    """Model, optimizers, architect and the distributed search step for one strategy.
+
+    Args:
+      model_fn: builds the searchable model (called inside `strategy.scope()`).
+      config: the search config (optimizer settings, unrolled, hessian, batch size).
+      strategy: a `tf.distribute.Strategy` (None: the default strategy).
+      input_shape: one example's shape, e.g. (32, 32, 3); the model is built on it.
+    """
+
+    def __init__(self, model_fn, config: SearchConfig, strategy=None, *, input_shape):
+        self.config = config
+        self.strategy, self.graph_mode = distribute.trainer_strategy(config, strategy)
+        replicas = self.strategy.num_replicas_in_sync
+        if config.jit_compile and replicas > 1:
+            raise ConfigError("Invalid config value jit_compile=True: only supported with one "
+                              f"replica (the strategy has {replicas}).")
+        with self.strategy.scope():
+            self.model = _build_model(model_fn, input_shape, config.mixed_precision)
+            # Loss scaling under float16 compute: dynamic, as Keras' LossScaleOptimizer (start
+            # 2^15, halve on overflow and skip the update, double after `growth_steps` good
+            # steps). bfloat16 has float32's range and needs none. The same on every replica.
+            self.loss_scale = self.good_steps = None
+            if config.mixed_precision == "mixed_float16":
+                first = tf.VariableAggregation.ONLY_FIRST_REPLICA
+                self.loss_scale = tf.Variable(2.0 ** 15, trainable=False, name="loss_scale",
+                                              aggregation=first)
+                self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                              name="loss_scale_good_steps", aggregation=first)
+            self.architect = architect_lib.Architect(
+                self.model, global_batch_size=config.batch_size, unrolled=config.unrolled,
+                hessian=config.hessian, momentum=config.w_momentum,
+                weight_decay=config.w_weight_decay, loss_scale=self.loss_scale)
+            # Optimizer state stays float32 (the variables are float32 under mixed precision).
+            self.w_opt = MomentumSGD(self.architect.weight_variables, momentum=config.w_momentum,
+                                     weight_decay=config.w_weight_decay,
+                                     clip_norm=config.w_grad_clip)
+            self.a_opt = Adam(self.architect.arch_variables, learning_rate=config.alpha_lr,
+                              beta_1=config.alpha_beta1, beta_2=config.alpha_beta2,
+                              epsilon=1e-8, weight_decay=config.alpha_weight_decay)
+            self.lr = tf.Variable(config.learning_rate(0), trainable=False, name="w_lr")
+        self.growth_steps = 2000
+        self.step_traces = 0
+        replica_step = self._replica_step
+        if config.jit_compile:
+            replica_step = tf.function(replica_step, jit_compile=True, autograph=False)
+        self._replica_fn = replica_step
+        # No tensor-dependent Python control flow in the step: AutoGraph would only slow tracing.
+        self._step = tf.function(self._distributed_step, autograph=False)
+
+    def set_epoch(self, epoch: int) -> float:
+        """Sets the weight learning rate (and xi) for `epoch`; returns it."""
+        lr = self.config.learning_rate(epoch)
+        self.lr.assign(lr)
+        return lr
+
+    def step(self, train_batch, val_batch) -> dict:
+        """One search step on distributed (per-replica) batches; returns global-batch metrics."""
+        with distribute.graph_optimization(self.graph_mode):
+            return self._step(train_batch, val_batch)
+
+    def _distributed_step(self, train_batch, val_batch):
+        self.step_traces += 1  # Python side effect: runs only while tracing.
+        per_replica = self.strategy.run(self._replica_fn, args=(train_batch, val_batch))
+        return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                for k, v in per_replica.items()}
+
+    def _replica_step(self, train_batch, val_batch):
+        """Runs on each replica: the architecture step, then the weight step."""
+        arch = self.architect
+        alphas = arch.arch_variables
+        # Architecture step (Adam adds the coupled weight decay after the all-reduce).
+        buffers = [tf.convert_to_tensor(b) for b in self.w_opt.momentum_buffers]
+        result = arch.gradients(train_batch, val_batch, lr=self.lr, momentum_buffers=buffers)
+        arch_ok = self._all_finite(result.grads)
+        self.a_opt.apply(result.grads, alphas, apply_if=arch_ok)
+        # Weight step (reads the updated alphas). Its forward pass waits for the architecture
+        # step's gradients: nothing else orders the two passes (its convolutions need only the
+        # weights), and run side by side both passes' activations would be alive at once.
+        with tf.control_dependencies(result.grads):
+            train_batch = (tf.identity(train_batch[0]), train_batch[1])
+        w, a, nt = arch.read_values()
+        loss, logits, new_nt, w_grads = arch.loss_and_grads(w, a, nt, train_batch, "w")
+        weights_ok = self._all_finite(w_grads)
+        self.w_opt.apply(w_grads, arch.weight_variables, self.lr, apply_if=weights_ok)
+        self._update_non_trainables(new_nt)
+        self._update_loss_scale(arch_ok, weights_ok)
+        return {"loss": loss, "accuracy": self._correct(logits, train_batch[1]),
+                "val_loss": result.val_loss,
+                "val_accuracy": self._correct(result.val_logits, val_batch[1])}
+
+    def _all_finite(self, grads):
+        """Whether every replica's gradients are finite (None without loss scaling: no check)."""
+        if self.loss_scale is None:
+            return None
+        bad = tf.add_n([tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(g)), tf.float32))
+                        for g in grads if g is not None])
+        ctx = tf.distribute.get_replica_context()
+        return tf.equal(ctx.all_reduce(tf.distribute.ReduceOp.SUM, bad), 0.0)
+
+    def _update_loss_scale(self, arch_ok, weights_ok):
+        if self.loss_scale is None:
+            return
+        ok = tf.logical_and(arch_ok, weights_ok)
+        good = tf.where(ok, self.good_steps + 1, tf.zeros_like(self.good_steps))
+        grow = good >= self.growth_steps
+        scale = tf.where(ok, tf.where(grow, self.loss_scale * 2.0, self.loss_scale),
+                         tf.maximum(self.loss_scale / 2.0, 1.0))
+        self.loss_scale.assign(scale)
+        self.good_steps.assign(tf.where(grow, tf.zeros_like(good), good))
+
+    def _correct(self, logits, labels):
+        return count_correct(labels, logits) / self.config.batch_size
+
+    def _update_non_trainables(self, values):
+        """Batch-norm statistics (and other state): the mean over replicas, on every replica."""
+        if not values:
+            return
+        ctx = tf.distribute.get_replica_context()
+        variables = self.model.non_trainable_variables
+        floats = [i for i, v in enumerate(values) if v.dtype.is_floating]
+        reduced = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, [values[i] for i in floats])
+        values = list(values)
+        for i, v in zip(floats, reduced):
+            values[i] = v
+        assign_from_replicas(variables, values)
+
+    # State -------------------------------------------------------------------------------
+
+    def state_objects(self) -> dict:
+        """What a checkpoint holds besides the model variables (`trainers.runtime.run`)."""
+        objects = {"w_opt": self.w_opt, "a_opt": self.a_opt, "w_lr": self.lr}
+        if self.loss_scale is not None:
+            objects.update(loss_scale=self.loss_scale, good_steps=self.good_steps)
+        return objects
+
+    def arch_values(self) -> dict[str, np.ndarray]:
+        """The raw alphas by name (`variable_names`)."""
+        alphas = self.architect.arch_variables
+        names = variable_names(self.model, alphas)
+        return {k: np.asarray(v.numpy()) for k, v in zip(names, alphas)}
+
+
+def _build_model(model_fn, input_shape, mixed_precision):
+    """model_fn() built on `input_shape`, under the dtype policy `mixed_precision` (or the
+    current one): float16/bfloat16 compute, float32 variables (alphas included)."""
+    previous = keras.config.dtype_policy()
+    if mixed_precision:
+        keras.config.set_dtype_policy(mixed_precision)
+    try:
+        model = model_fn()
+        model.build((None, *input_shape))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    return model
