@@ -80,7 +80,8 @@ class PartialChannelMixedOp(cells.MixedOp):
         super().__init__(channels // partial_channels, stride, primitives, num_inputs, **kwargs)
         self.full_channels, self.partial_channels = channels, partial_channels
 
-    def call(self, inputs, weights, training=None, edge_weights=None):  # pylint: disable=arguments-differ
+    # pylint: disable-next=arguments-differ
+    def call(self, inputs, weights, training=None, edge_weights=None):
         """`edge_weights`: (num_inputs,) weights of these edges, or None (all 1)."""
         x = inputs[0] if len(inputs) == 1 else tf.concat(inputs, axis=-1)
         if edge_weights is not None:
@@ -120,7 +121,8 @@ class AuxiliarySkipMixedOp(cells.MixedOp):
             self.auxiliary_skip = ops.make_op("skip_connect", channels, stride, affine=False,
                                               name="auxiliary_skip", groups=num_inputs)
 
-    def call(self, inputs, weights, training=None, skip_beta=None):  # pylint: disable=arguments-differ
+    # pylint: disable-next=arguments-differ
+    def call(self, inputs, weights, training=None, skip_beta=None):
         """`skip_beta`: the auxiliary skip's scale, a scalar (None: 0, plain DARTS)."""
         x = inputs[0] if len(inputs) == 1 else tf.concat(inputs, axis=-1)
         y = self._mix(x, weights, training)

@@ -8,8 +8,8 @@ project environment, and run:
 
 PC-DARTS' search network (yuhuixu1993/PC-DARTS, unmodified: a checkout of its
 `model_search.py`, `operations.py`, `genotypes.py`; `.cuda()` is made a no-op at run time)
-is counted with --pc_darts_dir; given alone, only its entry of reference_counts.json is
-(re)written:
+is counted, and its tiny fixture pc_darts_tiny.npz written, with --pc_darts_dir; given
+alone, only these (its entry of reference_counts.json and pc_darts_tiny.npz) are written:
 
     /tmp/torchenv/bin/python tools/reference_fixtures.py --pc_darts_dir=/tmp/pc_darts --out=tests/data
 
@@ -545,6 +545,36 @@ def pc_darts_counts(pc_darts_dir):
     }
 
 
+def fixture_pc_darts(pc_darts_dir, out_dir):
+    """pc_darts_tiny.npz: PC-DARTS' Network(C=8, 10, layers=3) (K=4: ops on 2, then 4
+    channels), alphas and betas ~ N(0, 1), state_dict, input, train/eval logits."""
+    model_search = _load_pc_darts(pc_darts_dir)
+    cuda = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # the authors' code is GPU-only
+    try:
+        torch.manual_seed(505)
+        net = model_search.Network(8, 10, 3, nn.CrossEntropyLoss())
+    finally:
+        torch.Tensor.cuda = cuda
+    with torch.no_grad():
+        for a in net.arch_parameters():
+            a.copy_(torch.randn_like(a))
+    randomize(net, rand_input(4, 3, 16, 16), net)
+    arrays, keys, _ = snapshot(net)
+    x = rand_input(2, 3, 16, 16)
+    with torch.no_grad():
+        net.eval()
+        logits_eval = net(x)
+        net.train()
+        logits_train = net(x)
+    names = ("alphas_normal", "alphas_reduce", "betas_normal", "betas_reduce")
+    arrays.update({name: np32(a) for name, a in zip(names, net.arch_parameters())})
+    arrays.update({"input": np32(x), "logits_eval": np32(logits_eval),
+                   "logits_train": np32(logits_train),
+                   "state_dict_keys": np.array(keys, dtype=np.str_)})
+    return save_npz(os.path.join(out_dir, "pc_darts_tiny.npz"), arrays)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reference_dir", help="directory holding quark0 cnn/*.py")
@@ -565,6 +595,7 @@ def main():
             json.dump(counts, f, indent=2)
             f.write("\n")
         print(json.dumps(counts["pc_darts_search_network"], indent=2))
+        print("pc_darts_tiny.npz", fixture_pc_darts(args.pc_darts_dir, args.out), "bytes")
         return
 
     genotypes, model, model_search, operations = _load_reference(args.reference_dir)
@@ -585,6 +616,8 @@ def main():
     fixture_cifar(genotypes, model, args.out, index, "DARTS_V1", "cifar_tiny_v1.npz", 212)
     fixture_imagenet(genotypes, model, args.out, index)
     fixture_ops(operations, args.out, index)
+    if args.pc_darts_dir:
+        fixture_pc_darts(args.pc_darts_dir, args.out)
     index["state_dict_format"] = "each 'state_dict' is the ordered list [key, shape, dtype]"
     with open(os.path.join(args.out, "fixtures_index.json"), "w") as f:
         f.write(_compact_json(index) + "\n")
