@@ -71,8 +71,9 @@ class SearchTrainer:
                               beta_1=config.alpha_beta1, beta_2=config.alpha_beta2,
                               epsilon=1e-8, weight_decay=config.alpha_weight_decay)
             self.lr = tf.Variable(config.learning_rate(0), trainable=False, name="w_lr")
-            # Whether this epoch updates the alphas (config.arch_start_epoch; set by set_epoch).
-            self.arch_on = tf.Variable(config.arch_start_epoch == 0, trainable=False,
+            # 1.0 when this epoch updates the alphas (config.arch_start_epoch; set_epoch sets
+            # it). A float, as w_lr: every strategy broadcasts and mirrors float variables.
+            self.arch_on = tf.Variable(float(config.arch_start_epoch == 0), trainable=False,
                                        name="arch_on")
         self.growth_steps = 2000
         self.step_traces = 0
@@ -91,7 +92,7 @@ class SearchTrainer:
         """
         lr = self.config.learning_rate(epoch)
         self.lr.assign(lr)
-        self.arch_on.assign(epoch >= self.config.arch_start_epoch)
+        self.arch_on.assign(float(epoch >= self.config.arch_start_epoch))
         if getattr(self.model, "skip_beta", None) is not None:
             from darts_tf import methods  # pylint: disable=import-outside-toplevel
 
@@ -139,7 +140,7 @@ class SearchTrainer:
         one traced step serves every epoch. Without a start epoch: arch_ok, as before."""
         if not self.config.arch_start_epoch:
             return arch_ok
-        arch_on = tf.convert_to_tensor(self.arch_on)
+        arch_on = tf.convert_to_tensor(self.arch_on) > 0.5
         return arch_on if arch_ok is None else tf.logical_and(arch_ok, arch_on)
 
     def _all_finite(self, grads):
