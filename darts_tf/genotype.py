@@ -216,6 +216,8 @@ def _limit_skips(w: np.ndarray, primitives: tuple, num_nodes: int, max_skips: in
     and its strength, hence which edges a node keeps, is recomputed. P-DARTS sets the
     removed weight to 0; here it is -1, which ranks the same way whenever the other
     weights are positive (softmax) and also loses ties with weights that underflowed to 0.
+    Each derivation is quark0's (`_parse_weights`); P-DARTS' own ranking breaks exact ties
+    between edges the other way (the later edge wins).
     """
     w = np.array(w, dtype=np.float64)
     skip = primitives.index("skip_connect")
