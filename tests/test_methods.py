@@ -18,7 +18,8 @@ from darts_tf import genotype as genotype_lib, methods
 from darts_tf.genotype import PRIMITIVES, Genotype, derive_genotype
 from darts_tf.supernet import Supernet
 from trainers import search
-from test_search import RUN_CONFIG, _batches, _replicas, _run, kill_mid_epoch, tiny_supernet
+from test_search import (RUN_CONFIG, _batches, _replicas, _run, fixture_mirrored,  # noqa: F401
+                         kill_mid_epoch, tiny_supernet)
 
 DATA = pathlib.Path(__file__).parent / "data"
 TINY = dict(num_classes=10, init_channels=4, num_cells=3, num_nodes=2, input_channels=3)
@@ -348,12 +349,6 @@ def test_resume_after_sigkill_gives_the_same_genotype(method, tmp_path):
         np.testing.assert_allclose(resumed.alphas[name], value, rtol=0, atol=1e-6)
     assert len(reference.alphas) == (4 if method == "pc_darts" else 2)
     assert Genotype.from_dict(resumed.architecture).num_nodes == 1
-
-
-@pytest.fixture(name="mirrored", scope="module")
-def fixture_mirrored():
-    # One per process (see tests/test_search.py): reuse it if that module made one.
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 
 def test_mirrored_pc_darts_matches_the_default_strategy(mirrored):

@@ -92,10 +92,16 @@ def test_momentum_sgd_is_pytorch_sgd_after_clip_grad_norm():
     np.testing.assert_allclose(opt.momentum_buffers[0].numpy(), buf, rtol=1e-6)
 
 
+_MIRRORED = []
+
+
 @pytest.fixture(name="mirrored", scope="module")
 def fixture_mirrored():
-    # One per process: a second MirroredStrategy reuses the first one's collective keys.
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    # One per process (modules that import this fixture share it): a second
+    # MirroredStrategy reuses the first one's collective keys.
+    if not _MIRRORED:
+        _MIRRORED.append(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    return _MIRRORED[0]
 
 
 def _batches(count, seed=0):
