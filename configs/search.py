@@ -2,13 +2,21 @@
 
     darts-search --config=digits --workdir=runs/digits-search
     darts-search --config=cifar10 --workdir=runs/cifar10-search --unrolled=true
+    darts-search --config=digits_pc_darts --workdir=runs/digits-pc-darts
 """
 from __future__ import annotations
 
 import dataclasses
 
 from configs.base import (ConfigIO, check, check_each, check_execution, cosine, in_unit_interval,
-                          is_number, non_negative, optional_positive_int, positive_int, preset)
+                          is_int, is_number, non_negative, optional_positive_int, positive_int,
+                          preset)
+
+METHODS = ("darts", "pc_darts", "darts_minus")  # darts_tf.methods.METHODS (configs import no TF)
+
+
+def optional_non_negative_int(value) -> bool:
+    return value is None or (is_int(value) and value >= 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +49,12 @@ class SearchConfig(ConfigIO):
     # Bilevel update.
     unrolled: bool = False                 # second order (eq. 6-8) when True
     hessian: str = "finite_difference"     # or "exact" (autodiff Hessian-vector product)
+    arch_start_epoch: int = 0              # alphas are updated from this epoch on (PC-DARTS: 15)
+    # Search method (darts_tf.methods): darts | pc_darts | darts_minus.
+    method: str = "darts"
+    partial_channels: int | None = None    # PC-DARTS' K (None: 4); other methods: None or 1
+    edge_normalization: bool | None = None  # PC-DARTS' edge betas (None: True)
+    max_skip_connect: int | None = None    # P-DARTS' guard at derivation (None: no limit)
     # Reproducibility and execution.
     seed: int = 2
     deterministic: bool = False            # tf.config.experimental.enable_op_determinism
@@ -73,6 +87,40 @@ class SearchConfig(ConfigIO):
         check(not (self.jit_compile and self.deterministic), "jit_compile", self.jit_compile,
               "False when deterministic=True (XLA's max-pool gradient has no deterministic "
               "implementation)")
+        self._check_method()
+
+    def _check_method(self):
+        """The search method's fields: values and combinations (darts_tf.methods)."""
+        check(self.method in METHODS, "method", self.method,
+              "one of " + ", ".join(repr(m) for m in METHODS))
+        check(is_int(self.arch_start_epoch) and 0 <= self.arch_start_epoch < self.epochs,
+              "arch_start_epoch", self.arch_start_epoch,
+              f"an integer in [0, epochs) (epochs={self.epochs}): the alphas must be updated "
+              "at least once")
+        check(optional_non_negative_int(self.max_skip_connect), "max_skip_connect",
+              self.max_skip_connect, "None or an integer >= 0")
+        if self.method != "pc_darts":
+            check(self.partial_channels in (None, 1), "partial_channels", self.partial_channels,
+                  f"None or 1 with method={self.method!r} (partial channels are PC-DARTS': "
+                  "method='pc_darts')")
+            check(self.edge_normalization in (None, False), "edge_normalization",
+                  self.edge_normalization, f"None or False with method={self.method!r} (edge "
+                  "normalisation is PC-DARTS': method='pc_darts')")
+            return
+        check(optional_positive_int(self.partial_channels), "partial_channels",
+              self.partial_channels, "None (4) or a positive integer")
+        k = self.partial_channels or 4
+        check(self.init_channels % k == 0, "partial_channels", self.partial_channels,
+              f"a divisor of init_channels={self.init_channels} (the mixed op sees "
+              f"init_channels / {k} channels)")
+        check(self.edge_normalization in (None, True, False), "edge_normalization",
+              self.edge_normalization, "None (True), True or False")
+
+    def supernet_options(self) -> dict:
+        """The `darts_tf.Supernet` arguments of the method and the derivation."""
+        return {"method": self.method, "partial_channels": self.partial_channels,
+                "edge_normalization": self.edge_normalization,
+                "max_skip_connect": self.max_skip_connect}
 
     def learning_rate(self, epoch: int) -> float:
         """The weights' learning rate of `epoch` (from 0): cosine from w_lr to w_lr_min."""
@@ -102,7 +150,47 @@ def digits() -> SearchConfig:
                         epochs=15, batch_size=64, w_lr=0.05, checkpoint_every=50, log_every=5)
 
 
-PRESETS = {"cifar10": cifar10, "digits": digits}
+def pc_darts() -> SearchConfig:
+    """PC-DARTS' CIFAR-10 search (yuhuixu1993/PC-DARTS `train_search.py`; Xu et al., ICLR 2020).
+
+    K=4 partial channels with edge normalisation; batch 256; weights SGD 0.1 with cosine
+    to 0 (issue 12's recipe; the authors' code anneals to `--learning_rate_min 0.001`),
+    momentum 0.9, wd 3e-4, clip 5; alphas and betas Adam 6e-4, betas (0.5, 0.999), wd
+    1e-3, updated only from epoch 15 of 50; first order. The paper: 2.57 +- 0.07 % test error after
+    retraining, 0.1 GPU-days of search. Needs cifar10 prepared in data_dir (tfds).
+    """
+    return SearchConfig(method="pc_darts", partial_channels=4, edge_normalization=True,
+                        batch_size=256, w_lr=0.1, w_lr_min=0.0, alpha_lr=6e-4,
+                        alpha_weight_decay=1e-3, epochs=50, arch_start_epoch=15)
+
+
+def darts_minus() -> SearchConfig:
+    """DARTS-' CIFAR-10 search (Meituan-AutoML/DARTS- `scripts/run_darts_minus.sh`; Chu et
+    al., ICLR 2021): DARTS' recipe (its `args.py` defaults are the reference's: batch 64,
+    SGD 0.025 cosine to 0.001, Adam 3e-4 wd 1e-3, 50 epochs, first order, seed 2) with the
+    auxiliary skip, beta decaying linearly from 1 (`--skip_beta 1 --decay linear`). The
+    paper: 2.59 +- 0.08 % test error, 0.4 GPU-days. Needs cifar10 prepared in data_dir.
+    """
+    return SearchConfig(method="darts_minus")
+
+
+def digits_pc_darts() -> SearchConfig:
+    """`digits` (the embedded data) searched with PC-DARTS: K=4 (2 of C=8 channels per op),
+    edge normalisation, PC-DARTS' alpha lr, alphas updated from epoch 5 of 15 (15/50 of the
+    search, as the authors' recipe)."""
+    return digits().replace(method="pc_darts", partial_channels=4, edge_normalization=True,
+                            alpha_lr=6e-4, arch_start_epoch=5)
+
+
+def digits_darts_minus() -> SearchConfig:
+    """`digits` (the embedded data) searched with DARTS-: the auxiliary skip's beta decays
+    linearly from 1 over the 15 epochs."""
+    return digits().replace(method="darts_minus")
+
+
+PRESETS = {"cifar10": cifar10, "digits": digits, "pc_darts": pc_darts,
+           "darts_minus": darts_minus, "digits_pc_darts": digits_pc_darts,
+           "digits_darts_minus": digits_darts_minus}
 DEFAULT_PRESET = "digits"  # every CLI starts from the embedded data set
 
 

@@ -101,12 +101,19 @@ class MixedOp(keras.layers.Layer):
           The sum over these edges of their mixed-op outputs.
         """
         x = inputs[0] if len(inputs) == 1 else tf.concat(inputs, axis=-1)
+        return self._sum_edges(self._mix(x, weights, training))
+
+    def _mix(self, x, weights, training):
+        """Per edge, sum_k w[e, k] * op_k(x_e); x and the result hold the edges side by side."""
         # Per-channel weights: edge e's weight for op k on its `channels` channels.
         per_channel = tf.gather(tf.cast(weights, x.dtype),
                                 np.repeat(np.arange(self.num_inputs), self.channels))
         columns = tf.unstack(per_channel, axis=1)
-        y = tf.add_n([columns[i] * op(x, training=training)
-                      for i, op in zip(self._indices, self.candidates)])
+        return tf.add_n([columns[i] * op(x, training=training)
+                         for i, op in zip(self._indices, self.candidates)])
+
+    def _sum_edges(self, y):
+        """The sum over the edges laid side by side on y's channel axis."""
         if self.num_inputs == 1:
             return y
         y = tf.reshape(y, [-1, y.shape[1], y.shape[2], self.num_inputs, self.channels])
@@ -142,10 +149,16 @@ def edge_groups(num_nodes: int, reduction: bool) -> list[list[tuple[int, int, in
 
 
 class SearchCell(keras.layers.Layer):
-    """A search cell: a mixed op on every edge; all nodes concatenated."""
+    """A search cell: a mixed op on every edge; all nodes concatenated.
 
-    def __init__(self, spec: CellSpec, num_nodes=4, primitives=PRIMITIVES, **kwargs):
+    `mixed_op` builds each batch of edges' mixed op, with `MixedOp`'s arguments (DARTS by
+    default; PC-DARTS' and DARTS-' mixed ops are in `darts_tf.methods`).
+    """
+
+    def __init__(self, spec: CellSpec, num_nodes=4, primitives=PRIMITIVES, mixed_op=None,
+                 **kwargs):
         super().__init__(**kwargs)
+        mixed_op = mixed_op or MixedOp
         # Children are created here (not traced in build): nest their variable paths.
         with keras.name_scope(self.name):
             self.spec, self.num_nodes, self.primitives = spec, num_nodes, tuple(primitives)
@@ -155,19 +168,28 @@ class SearchCell(keras.layers.Layer):
             for i, node in enumerate(self.groups):
                 for first_edge, first_input, count in node:
                     stride = 2 if spec.reduction and first_input < 2 else 1
-                    self.mixed_ops.append(MixedOp(
+                    self.mixed_ops.append(mixed_op(
                         spec.channels, stride, self.primitives, num_inputs=count,
                         name=f"node_{i + 2}_from_{first_input}_to_{first_input + count - 1}"))
             self.built = True
 
-    def call(self, s0, s1, weights, training=None):
-        """`weights`: softmax(alpha) of this cell type, (num_edges, num_primitives)."""
+    def call(self, s0, s1, weights, training=None, edge_weights=None, skip_beta=None):
+        """Args:
+          weights: softmax(alpha) of this cell type, (num_edges, num_primitives).
+          edge_weights: PC-DARTS' per-edge weights (num_edges,), or None.
+          skip_beta: DARTS-' auxiliary skip scale (a scalar), or None.
+        """
         states = [self.preprocess0(s0, training=training), self.preprocess1(s1, training=training)]
         mixed = iter(self.mixed_ops)
         for node in self.groups:
-            parts = [next(mixed)(states[first:first + count], weights[edge:edge + count],
-                                 training=training)
-                     for edge, first, count in node]
+            parts = []
+            for edge, first, count in node:
+                extra = {} if edge_weights is None else {
+                    "edge_weights": edge_weights[edge:edge + count]}
+                if skip_beta is not None:
+                    extra["skip_beta"] = skip_beta
+                parts.append(next(mixed)(states[first:first + count], weights[edge:edge + count],
+                                         training=training, **extra))
             states.append(parts[0] if len(parts) == 1 else parts[0] + parts[1])
         return tf.concat(states[2:], axis=-1)
 

@@ -186,7 +186,10 @@ def softmax(x: Any, axis: int = -1) -> np.ndarray:
 
 
 def _parse_weights(w: np.ndarray, primitives: tuple, num_nodes: int) -> list:
-    """quark0 cnn/model_search.py Network.genotype()._parse, on softmaxed rows."""
+    """quark0 cnn/model_search.py Network.genotype()._parse, on softmaxed rows.
+
+    Returns (op, input, row) triples: `row` is the edge's row in `w`.
+    """
     keep = [k for k, p in enumerate(primitives) if p != "none"]
     gene, start = [], 0
     for i in range(num_nodes):
@@ -198,18 +201,66 @@ def _parse_weights(w: np.ndarray, primitives: tuple, num_nodes: int) -> list:
             for k in keep:  # strictly greater wins: on ties the earlier primitive wins
                 if best is None or rows[e][k] > rows[e][best]:
                     best = k
-            gene.append((primitives[best], e))
+            gene.append((primitives[best], e, start + e))
         start += i + 2
     return gene
 
 
+def _limit_skips(w: np.ndarray, primitives: tuple, num_nodes: int, max_skips: int) -> list:
+    """P-DARTS' skip-connect guard (chenxin061/pdarts `train_search.py`, the loop over
+    `delete_min_sk_prob`, `keep_1_on`, `keep_2_branches`).
+
+    While the derived cell holds more than `max_skips` skip-connects, the weakest chosen
+    skip-connect (the smallest weight among the edges that chose it) is removed from its
+    edge's candidates and the whole cell is derived again: that edge takes its next op,
+    and its strength, hence which edges a node keeps, is recomputed. P-DARTS sets the
+    removed weight to 0; here it is -1, which ranks the same way whenever the other
+    weights are positive (softmax) and also loses ties with weights that underflowed to 0.
+    Each derivation is quark0's (`_parse_weights`); P-DARTS' own ranking breaks exact ties
+    between edges the other way (the later edge wins).
+    """
+    w = np.array(w, dtype=np.float64)
+    skip = primitives.index("skip_connect")
+    while True:
+        gene = _parse_weights(w, primitives, num_nodes)
+        chosen = [row for op, _, row in gene if op == "skip_connect"]
+        if len(chosen) <= max_skips:
+            return gene
+        w[min(chosen, key=lambda row: w[row, skip]), skip] = -1.0
+
+
+def edge_weights(beta: Any, num_nodes: int) -> np.ndarray:
+    """PC-DARTS' edge normalisation: per node, softmax over the betas of its incoming edges.
+
+    Args:
+        beta: (num_edges,) logits, one per edge, in the alpha rows' edge order.
+        num_nodes: intermediate nodes per cell.
+
+    Returns:
+        (num_edges,) weights; those of each node's edges sum to 1.
+    """
+    beta = np.asarray(beta, dtype=np.float64)
+    out, start = [], 0
+    for i in range(num_nodes):
+        out.append(softmax(beta[start:start + i + 2]))
+        start += i + 2
+    return np.concatenate(out)
+
+
 def derive_genotype(alpha_normal: Any, alpha_reduce: Any, primitives: Sequence[str] = PRIMITIVES,
-                    num_nodes: int = 4, concat: Optional[Sequence[int]] = None) -> Genotype:
+                    num_nodes: int = 4, concat: Optional[Sequence[int]] = None, *,
+                    beta_normal: Any = None, beta_reduce: Any = None,
+                    max_skip_connect: Optional[int] = None) -> Genotype:
     """Derives the discrete genotype from alphas exactly as quark0 does.
 
     W = softmax(alpha) per edge row. For node i (edges from states 0..i+1), edges are
     ranked by max over non-`none` ops of W and the top 2 kept, strongest first; each
     kept edge takes its argmax over non-`none` ops. Ties: lower edge, earlier op.
+
+    With PC-DARTS' betas (yuhuixu1993/PC-DARTS `model_search.py` `genotype`), each row
+    of W is first multiplied by its edge's weight (`edge_weights`), then the same rule.
+    With `max_skip_connect` = M, the normal cell keeps at most M skip-connects, the
+    strongest, as P-DARTS derives it (`_limit_skips`); the reduction cell is not limited.
 
     Args:
         alpha_normal: (num_edges, len(primitives)) logits of the normal cell; rows in
@@ -218,6 +269,9 @@ def derive_genotype(alpha_normal: Any, alpha_reduce: Any, primitives: Sequence[s
         primitives: Op name of each alpha column.
         num_nodes: Intermediate nodes per cell.
         concat: States concatenated into the output; default range(2, 2 + num_nodes).
+        beta_normal: PC-DARTS' (num_edges,) edge logits of the normal cell, or None.
+        beta_reduce: Same for the reduction cell (both or neither).
+        max_skip_connect: at most this many skip-connects in the normal cell (None: no limit).
 
     Returns:
         The Genotype.
@@ -227,21 +281,49 @@ def derive_genotype(alpha_normal: Any, alpha_reduce: Any, primitives: Sequence[s
         raise _error(source, "num_nodes", "expected an int >= 1", num_nodes)
     if not any(p != "none" for p in primitives):
         raise _error(source, "primitives", "expected at least one op besides 'none'", primitives)
-    shape = (num_nodes * (num_nodes + 3) // 2, len(primitives))
+    if (beta_normal is None) != (beta_reduce is None):
+        raise _error(source, "beta_normal, beta_reduce", "expected both or neither",
+                     _Shown(f"beta_normal={'None' if beta_normal is None else '...'}, "
+                            f"beta_reduce={'None' if beta_reduce is None else '...'}"))
+    if max_skip_connect is not None:
+        if not _is_int(max_skip_connect) or max_skip_connect < 0:
+            raise _error(source, "max_skip_connect", "expected None or an int >= 0",
+                         max_skip_connect)
+        if "skip_connect" in primitives and not any(
+                p not in ("none", "skip_connect") for p in primitives):
+            raise _error(source, "max_skip_connect", "needs an op besides 'none' and "
+                         "'skip_connect' to replace skip-connects with", primitives)
+    num_edges = num_nodes * (num_nodes + 3) // 2
+    shape = (num_edges, len(primitives))
     genes = []
-    for name, alpha in (("alpha_normal", alpha_normal), ("alpha_reduce", alpha_reduce)):
-        try:
-            alpha = np.asarray(alpha, dtype=np.float64)
-        except (TypeError, ValueError) as err:
-            raise _error(source, name, f"expected a numeric array ({err})", alpha) from None
-        if alpha.shape != shape:
-            raise _error(source, name, f"expected shape {shape} (one row per edge for num_nodes="
-                         f"{num_nodes}, one column per primitive)", _Shown(f"shape {alpha.shape}"))
-        if not np.all(np.isfinite(alpha)):
-            raise _error(source, name, "alphas must be finite", alpha.tolist())
-        genes.append(_parse_weights(softmax(alpha), primitives, num_nodes))
+    for cell, alpha, beta in (("normal", alpha_normal, beta_normal),
+                              ("reduce", alpha_reduce, beta_reduce)):
+        weights = softmax(_checked(alpha, f"alpha_{cell}", shape, source, num_nodes))
+        if beta is not None:
+            weights = weights * edge_weights(
+                _checked(beta, f"beta_{cell}", (num_edges,), source, num_nodes), num_nodes)[:, None]
+        if cell == "normal" and max_skip_connect is not None and "skip_connect" in primitives:
+            gene = _limit_skips(weights, primitives, num_nodes, max_skip_connect)
+        else:
+            gene = _parse_weights(weights, primitives, num_nodes)
+        genes.append([(op, index) for op, index, _ in gene])
     concat = range(2, 2 + num_nodes) if concat is None else concat
     return Genotype(genes[0], concat, genes[1], concat)
+
+
+def _checked(values: Any, name: str, shape: tuple, source: str, num_nodes: int) -> np.ndarray:
+    """`values` as a finite float64 array of `shape`; GenotypeError otherwise."""
+    try:
+        values = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise _error(source, name, f"expected a numeric array ({err})", values) from None
+    if values.shape != shape:
+        columns = ", one column per primitive" if len(shape) == 2 else ""
+        raise _error(source, name, f"expected shape {shape} (one row per edge for num_nodes="
+                     f"{num_nodes}{columns})", _Shown(f"shape {values.shape}"))
+    if not np.all(np.isfinite(values)):
+        raise _error(source, name, f"{name[:5]}s must be finite", values.tolist())
+    return values
 
 
 def genotype_to_nni(genotype: Genotype) -> dict:

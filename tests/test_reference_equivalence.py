@@ -95,9 +95,10 @@ class _Mapper:
         torch_keys = {k for k in self.arrays["state_dict_keys"]
                       if not str(k).endswith("num_batches_tracked")}
         assert torch_keys - self.used == set(), "torch tensors not mapped"
+        arch = {id(v) for v in getattr(model, "arch_variables", [])}  # alphas (and betas)
         ours = [v for v in model.variables
                 if "seed" not in v.path and "drop_path_prob" not in v.path
-                and "alpha" not in v.path]
+                and id(v) not in arch]
         missed = [v.path for v in ours if id(v) not in self.assigned]
         assert not missed, f"variables not set from the reference: {missed[:5]}"
 
@@ -168,9 +169,9 @@ class _GroupSlices:
             self.mapper.set(variable, buf)
 
 
-def test_search_network_matches_reference():
-    arrays = _load("search_tiny.npz")
-    model = Supernet(num_classes=10, init_channels=4, num_cells=3)
+def map_search_network(model, arrays):
+    """Assigns a reference search network's state_dict (quark0's, or PC-DARTS', whose mixed
+    ops hold the same keys on C/K channels) to `model`; every tensor used on both sides."""
     mapper = _Mapper(arrays)
     grouped = _GroupSlices(mapper)
     mapper.op(model.stem, "stem")
@@ -184,10 +185,16 @@ def test_search_network_matches_reference():
                 for g in range(count):
                     for k, op in zip(mixed_op._indices, mixed_op.candidates):  # pylint: disable=protected-access
                         grouped.op(op, f"cells.{i}._ops.{first_edge + g}._ops.{k}", g,
-                                   cell.spec.channels)
+                                   mixed_op.channels)
     grouped.assign()
     mapper.op(model.classifier, "classifier")
     mapper.check_complete(model)
+
+
+def test_search_network_matches_reference():
+    arrays = _load("search_tiny.npz")
+    model = Supernet(num_classes=10, init_channels=4, num_cells=3)
+    map_search_network(model, arrays)
     model.alpha_normal.assign(arrays["alphas_normal"])
     model.alpha_reduce.assign(arrays["alphas_reduce"])
     x = _nhwc(arrays["input"])

@@ -4,6 +4,7 @@ Two logical CPUs come from tests/conftest.py. Runs use a tiny supernet (3 cells,
 1 node, 4 candidate ops) on 8x8 digits; the replica tests use a smaller
 stand-in model, with or without batch norm.
 """
+import functools
 import json
 import os
 import signal
@@ -29,10 +30,17 @@ RUN_CONFIG = SearchConfig(dataset="digits", data_limit=400, epochs=2, steps_per_
                           checkpoint_every=2, log_every=1, seed=3, deterministic=True)
 
 
-def tiny_supernet():
+def tiny_supernet(**method):
+    """The tiny supernet; `method`: Supernet's method options (method, partial_channels, ...)."""
     return darts_tf.Supernet(num_classes=10, init_channels=4, num_cells=3, num_nodes=1,
                              input_channels=1,
-                             primitives=("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"))
+                             primitives=("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"),
+                             **method)
+
+
+def tiny_model_fn(config):
+    """`tiny_supernet` with the method options of `config`."""
+    return functools.partial(tiny_supernet, **config.supernet_options())
 
 
 class TinyMixNet(keras.Model):
@@ -84,10 +92,16 @@ def test_momentum_sgd_is_pytorch_sgd_after_clip_grad_norm():
     np.testing.assert_allclose(opt.momentum_buffers[0].numpy(), buf, rtol=1e-6)
 
 
+_MIRRORED = []
+
+
 @pytest.fixture(name="mirrored", scope="module")
 def fixture_mirrored():
-    # One per process: a second MirroredStrategy reuses the first one's collective keys.
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    # One per process (modules that import this fixture share it): a second
+    # MirroredStrategy reuses the first one's collective keys.
+    if not _MIRRORED:
+        _MIRRORED.append(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    return _MIRRORED[0]
 
 
 def _batches(count, seed=0):
@@ -203,7 +217,23 @@ def test_replicas_stay_identical_with_keras_batch_norm(mirrored):
 
 
 def _run(workdir, config=RUN_CONFIG):
-    return search.run(config, workdir, model_fn=tiny_supernet)
+    return search.run(config, workdir, model_fn=tiny_model_fn(config))
+
+
+def kill_mid_epoch(workdir, config=RUN_CONFIG):
+    """Runs `config` (tiny supernet) in a child process, slowed down, and SIGKILLs it as soon
+    as it has written a checkpoint: mid-epoch 0. `_run(workdir, config)` then resumes it."""
+    args = [sys.executable, __file__, str(workdir)]
+    if config != RUN_CONFIG:
+        args.append(config.to_json())
+    child = subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = Path(workdir) / "checkpoints" / "checkpoint"
+    deadline = time.time() + 120
+    while not marker.exists() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    assert child.wait() == -signal.SIGKILL  # killed, not finished
 
 
 @pytest.fixture(name="reference", scope="module")
@@ -274,16 +304,7 @@ def test_same_seed_same_alphas(reference, tmp_path):
 
 def test_resume_after_sigkill_mid_epoch(reference, tmp_path):
     result, _ = reference
-    child = subprocess.Popen(
-        [sys.executable, __file__, str(tmp_path)], cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = tmp_path / "checkpoints" / "checkpoint"
-    deadline = time.time() + 120
-    while not marker.exists() and child.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    child.send_signal(signal.SIGKILL)
-    assert child.wait() == -signal.SIGKILL  # killed, not finished
+    kill_mid_epoch(tmp_path)
     resumed = _run(tmp_path)
     print(f"killed and resumed at global step {resumed.resumed_from_step}")
     assert resumed.resumed_from_step is not None and resumed.resumed_from_step < 6  # mid-epoch 0
@@ -324,8 +345,8 @@ def test_bad_config_is_refused_before_anything_runs(tmp_path, reference, mirrore
 
 
 if __name__ == "__main__":
-    # The child of test_resume_after_sigkill_mid_epoch: the same run, slowed down on the host
-    # side so that the parent's SIGKILL lands mid-epoch.
+    # The child of `kill_mid_epoch`: the same run (RUN_CONFIG, or the config JSON given),
+    # slowed down on the host side so that the parent's SIGKILL lands mid-epoch.
     _step = search.SearchTrainer.step
 
     def _slow_step(self, *batches):
@@ -334,7 +355,7 @@ if __name__ == "__main__":
         return result
 
     search.SearchTrainer.step = _slow_step
-    _run(sys.argv[1])
+    _run(sys.argv[1], SearchConfig.from_json(sys.argv[2]) if len(sys.argv) > 2 else RUN_CONFIG)
 
 
 def test_searches_a_user_defined_choice_space_and_exports_its_decisions(tmp_path):

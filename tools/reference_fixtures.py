@@ -6,6 +6,13 @@ project environment, and run:
 
     /tmp/tvenv/bin/python tools/reference_fixtures.py --reference_dir=/tmp/quark0/cnn --out=tests/data
 
+PC-DARTS' search network (yuhuixu1993/PC-DARTS, unmodified: a checkout of its
+`model_search.py`, `operations.py`, `genotypes.py`; `.cuda()` is made a no-op at run time)
+is counted, and its tiny fixture pc_darts_tiny.npz written, with --pc_darts_dir; given
+alone, only these (its entry of reference_counts.json and pc_darts_tiny.npz) are written:
+
+    /tmp/torchenv/bin/python tools/reference_fixtures.py --pc_darts_dir=/tmp/pc_darts --out=tests/data
+
 Writes into --out:
   reference_counts.json   exact parameter counts and multiply-adds of the reference networks
   search_tiny.npz         tiny search Network: state_dict, alphas, input, train/eval logits
@@ -497,18 +504,106 @@ def verify(genotypes, model, model_search, operations, out_dir):
     print("verify: all fixtures reproduce exactly from their saved state (%d OPS cases)" % n_ops)
 
 
+def _load_pc_darts(pc_darts_dir):
+    """PC-DARTS' model_search module, imported apart from quark0's same-named modules."""
+    names = ("model_search", "operations", "genotypes")
+    saved = {n: sys.modules.pop(n) for n in names if n in sys.modules}
+    sys.path.insert(0, os.path.abspath(pc_darts_dir))
+    try:
+        import model_search  # noqa: E402
+    finally:
+        sys.path.pop(0)
+        for n in names:
+            sys.modules.pop(n, None)
+        sys.modules.update(saved)
+    return model_search
+
+
+def pc_darts_counts(pc_darts_dir):
+    """Parameter counts of PC-DARTS' search network at C=16, 8 cells (train_search.py's)."""
+    model_search = _load_pc_darts(pc_darts_dir)
+    cuda = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # the authors' code is GPU-only
+    try:
+        torch.manual_seed(0)
+        net = model_search.Network(16, 10, 8, nn.CrossEntropyLoss())
+    finally:
+        torch.Tensor.cuda = cuda
+    total, _ = count_params(net)
+    arch = net.arch_parameters()
+    return {
+        "config": "PC-DARTS model_search.Network(C=16, num_classes=10, layers=8, criterion), "
+                  "steps=4, multiplier=4, stem_multiplier=3, MixedOp k=4 (hard-coded); "
+                  "yuhuixu1993/PC-DARTS @ b74702f (model_search.py from 3c75598)",
+        "params": total,
+        "alphas": int(arch[0].numel() + arch[1].numel()),
+        "betas": int(arch[2].numel() + arch[3].numel()),
+        "arch_shapes": [list(a.shape) for a in arch],
+        "bn_running_stats": count_bn_stats(net),
+        "how": "the unmodified authors' modules imported from a checkout; torch.Tensor.cuda "
+               "made a no-op while building (their _initialize_alphas calls .cuda())",
+    }
+
+
+def fixture_pc_darts(pc_darts_dir, out_dir):
+    """pc_darts_tiny.npz: PC-DARTS' Network(C=8, 10, layers=3) (K=4: ops on 2, then 4
+    channels), alphas and betas ~ N(0, 1), state_dict, input, train/eval logits."""
+    model_search = _load_pc_darts(pc_darts_dir)
+    cuda = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # the authors' code is GPU-only
+    try:
+        torch.manual_seed(505)
+        net = model_search.Network(8, 10, 3, nn.CrossEntropyLoss())
+    finally:
+        torch.Tensor.cuda = cuda
+    with torch.no_grad():
+        for a in net.arch_parameters():
+            a.copy_(torch.randn_like(a))
+    randomize(net, rand_input(4, 3, 16, 16), net)
+    arrays, keys, _ = snapshot(net)
+    x = rand_input(2, 3, 16, 16)
+    with torch.no_grad():
+        net.eval()
+        logits_eval = net(x)
+        net.train()
+        logits_train = net(x)
+    names = ("alphas_normal", "alphas_reduce", "betas_normal", "betas_reduce")
+    arrays.update({name: np32(a) for name, a in zip(names, net.arch_parameters())})
+    arrays.update({"input": np32(x), "logits_eval": np32(logits_eval),
+                   "logits_train": np32(logits_train),
+                   "state_dict_keys": np.array(keys, dtype=np.str_)})
+    return save_npz(os.path.join(out_dir, "pc_darts_tiny.npz"), arrays)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reference_dir", required=True, help="directory holding quark0 cnn/*.py")
+    ap.add_argument("--reference_dir", help="directory holding quark0 cnn/*.py")
+    ap.add_argument("--pc_darts_dir", help="directory holding PC-DARTS' model_search.py, "
+                    "operations.py, genotypes.py")
     ap.add_argument("--out", default="tests/data")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(max(1, min(8, os.cpu_count() or 1)))
+    counts_path = os.path.join(args.out, "reference_counts.json")
+    if args.reference_dir is None:
+        if args.pc_darts_dir is None:
+            ap.error("give --reference_dir, --pc_darts_dir or both")
+        with open(counts_path) as f:
+            counts = json.load(f)
+        counts["pc_darts_search_network"] = pc_darts_counts(args.pc_darts_dir)
+        with open(counts_path, "w") as f:
+            json.dump(counts, f, indent=2)
+            f.write("\n")
+        print(json.dumps(counts["pc_darts_search_network"], indent=2))
+        print("pc_darts_tiny.npz", fixture_pc_darts(args.pc_darts_dir, args.out), "bytes")
+        return
 
     genotypes, model, model_search, operations = _load_reference(args.reference_dir)
 
     counts = make_counts(genotypes, model, model_search)
-    with open(os.path.join(args.out, "reference_counts.json"), "w") as f:
+    if args.pc_darts_dir:
+        counts["pc_darts_search_network"] = pc_darts_counts(args.pc_darts_dir)
+    with open(counts_path, "w") as f:
         json.dump(counts, f, indent=2)
         f.write("\n")
 
@@ -521,6 +616,8 @@ def main():
     fixture_cifar(genotypes, model, args.out, index, "DARTS_V1", "cifar_tiny_v1.npz", 212)
     fixture_imagenet(genotypes, model, args.out, index)
     fixture_ops(operations, args.out, index)
+    if args.pc_darts_dir:
+        fixture_pc_darts(args.pc_darts_dir, args.out)
     index["state_dict_format"] = "each 'state_dict' is the ordered list [key, shape, dtype]"
     with open(os.path.join(args.out, "fixtures_index.json"), "w") as f:
         f.write(_compact_json(index) + "\n")

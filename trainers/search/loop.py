@@ -75,7 +75,8 @@ def _default_model_fn(config: SearchConfig):
     return functools.partial(
         darts_tf.Supernet, num_classes=spec.num_classes, init_channels=config.init_channels,
         num_cells=config.num_cells, num_nodes=config.num_nodes,
-        stem_multiplier=config.stem_multiplier, input_channels=spec.image_shape[-1])
+        stem_multiplier=config.stem_multiplier, input_channels=spec.image_shape[-1],
+        **config.supernet_options())
 
 
 def _default_data_fn(config: SearchConfig):

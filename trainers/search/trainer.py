@@ -71,6 +71,10 @@ class SearchTrainer:
                               beta_1=config.alpha_beta1, beta_2=config.alpha_beta2,
                               epsilon=1e-8, weight_decay=config.alpha_weight_decay)
             self.lr = tf.Variable(config.learning_rate(0), trainable=False, name="w_lr")
+            # 1.0 when this epoch updates the alphas (config.arch_start_epoch; set_epoch sets
+            # it). A float, as w_lr: every strategy broadcasts and mirrors float variables.
+            self.arch_on = tf.Variable(float(config.arch_start_epoch == 0), trainable=False,
+                                       name="arch_on")
         self.growth_steps = 2000
         self.step_traces = 0
         replica_step = self._replica_step
@@ -81,9 +85,18 @@ class SearchTrainer:
         self._step = tf.function(self._distributed_step, autograph=False)
 
     def set_epoch(self, epoch: int) -> float:
-        """Sets the weight learning rate (and xi) for `epoch`; returns it."""
+        """Sets the weight learning rate (and xi) for `epoch`; returns it.
+
+        Also whether the epoch updates the alphas (from `arch_start_epoch` on), and a
+        DARTS- supernet's `skip_beta` (`darts_tf.methods.skip_beta`: linear from 1 to 0).
+        """
         lr = self.config.learning_rate(epoch)
         self.lr.assign(lr)
+        self.arch_on.assign(float(epoch >= self.config.arch_start_epoch))
+        if getattr(self.model, "skip_beta", None) is not None:
+            from darts_tf import methods  # pylint: disable=import-outside-toplevel
+
+            self.model.skip_beta.assign(methods.skip_beta(epoch, self.config.epochs))
         return lr
 
     def step(self, train_batch, val_batch) -> dict:
@@ -105,7 +118,7 @@ class SearchTrainer:
         buffers = [tf.convert_to_tensor(b) for b in self.w_opt.momentum_buffers]
         result = arch.gradients(train_batch, val_batch, lr=self.lr, momentum_buffers=buffers)
         arch_ok = self._all_finite(result.grads)
-        self.a_opt.apply(result.grads, alphas, apply_if=arch_ok)
+        self.a_opt.apply(result.grads, alphas, apply_if=self._arch_update_if(arch_ok))
         # Weight step (reads the updated alphas). Its forward pass waits for the architecture
         # step's gradients: nothing else orders the two passes (its convolutions need only the
         # weights), and run side by side both passes' activations would be alive at once.
@@ -120,6 +133,15 @@ class SearchTrainer:
         return {"loss": loss, "accuracy": self._correct(logits, train_batch[1]),
                 "val_loss": result.val_loss,
                 "val_accuracy": self._correct(result.val_logits, val_batch[1])}
+
+    def _arch_update_if(self, arch_ok):
+        """Whether to apply the architecture step: finite gradients, and from arch_start_epoch
+        on. Before it the gradients are computed and dropped (Adam's state stays as it is):
+        one traced step serves every epoch. Without a start epoch: arch_ok, as before."""
+        if not self.config.arch_start_epoch:
+            return arch_ok
+        arch_on = tf.convert_to_tensor(self.arch_on) > 0.5
+        return arch_on if arch_ok is None else tf.logical_and(arch_ok, arch_on)
 
     def _all_finite(self, grads):
         """Whether every replica's gradients are finite (None without loss scaling: no check)."""

@@ -323,7 +323,8 @@ class DartsTuner(keras_tuner.Tuner):
             return Supernet(num_classes=self.hypermodel.num_classes,
                             init_channels=config.init_channels, num_cells=config.num_cells,
                             num_nodes=config.num_nodes, stem_multiplier=config.stem_multiplier,
-                            input_channels=int(input_shape[-1]), primitives=self.primitives)
+                            input_channels=int(input_shape[-1]), primitives=self.primitives,
+                            **config.supernet_options())
         return model_fn
 
 
