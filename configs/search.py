@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from configs.base import (ConfigIO, check, check_each, check_execution, cosine, in_unit_interval,
-                          is_number, non_negative, optional_positive_int, positive_int, preset)
+                          is_int, is_number, non_negative, optional_positive_int, positive_int, preset)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +41,14 @@ class SearchConfig(ConfigIO):
     # Bilevel update.
     unrolled: bool = False                 # second order (eq. 6-8) when True
     hessian: str = "finite_difference"     # or "exact" (autodiff Hessian-vector product)
+    # Guards against collapse (README "Collapse: watching and guarding a search").
+    arch_start_epoch: int = 0              # weights-only warm-up: architecture steps from here
+    sdarts_epsilon: float = 0.0            # SDARTS-RS: U(-e, e) on the alphas in weight steps
+    early_stop: bool = False               # DARTS+: stop on either trigger below
+    early_stop_skip_connect: int | None = 2   # ... the normal cell holds >= N skip-connects
+    early_stop_patience: int | None = 10   # ... the genotype unchanged for N epochs
+    monitor: bool = True                   # skip counts and the Hessian's dominant eigenvalue
+    monitor_iterations: int = 10           # power iterations (Hessian-vector products) per epoch
     # Reproducibility and execution.
     seed: int = 2
     deterministic: bool = False            # tf.config.experimental.enable_op_determinism
@@ -67,12 +75,33 @@ class SearchConfig(ConfigIO):
         check(self.hessian in ("finite_difference", "exact"), "hessian", self.hessian,
               "'finite_difference' or 'exact'")
         check_execution(self)
+        self._check_guards()
         check(self.mixed_precision in (None, "mixed_float16", "mixed_bfloat16"),
               "mixed_precision", self.mixed_precision,
               "None, 'mixed_float16' or 'mixed_bfloat16'")
         check(not (self.jit_compile and self.deterministic), "jit_compile", self.jit_compile,
               "False when deterministic=True (XLA's max-pool gradient has no deterministic "
               "implementation)")
+
+    def _check_guards(self):
+        """The collapse guards and the monitor (their combinations with the model are
+        checked by trainers/search: the skip-connect trigger needs a genotype)."""
+        check(is_int(self.arch_start_epoch) and 0 <= self.arch_start_epoch < self.epochs,
+              "arch_start_epoch", self.arch_start_epoch,
+              f"an integer in [0, epochs) (epochs={self.epochs}): the architecture must be "
+              "trained for at least one epoch")
+        check(non_negative(self.sdarts_epsilon), "sdarts_epsilon", self.sdarts_epsilon,
+              "a finite number >= 0 (0 turns the noise off)")
+        check_each(self, ("early_stop", "monitor"), lambda v: isinstance(v, bool),
+                   "True or False")
+        check_each(self, ("early_stop_skip_connect", "early_stop_patience"),
+                   optional_positive_int, "None or a positive integer")
+        check(not self.early_stop or self.early_stop_skip_connect is not None
+              or self.early_stop_patience is not None, "early_stop", self.early_stop,
+              "False when both early_stop_skip_connect and early_stop_patience are None "
+              "(no trigger)")
+        check(positive_int(self.monitor_iterations), "monitor_iterations",
+              self.monitor_iterations, "a positive integer")
 
     def learning_rate(self, epoch: int) -> float:
         """The weights' learning rate of `epoch` (from 0): cosine from w_lr to w_lr_min."""
