@@ -1,0 +1,127 @@
+"""The collapse monitor: what a search's epoch says about skip-connect collapse.
+
+Each epoch (`CollapseMonitor.measure`) records
+
+- the skip-connect count of the derived normal and reduction cells (models with a
+  genotype; a user choice model has none, and gets no counts);
+- the dominant eigenvalue of the Hessian of L_val with respect to the alphas, RobustDARTS'
+  indicator (Zela et al., ICLR 2020): a sharp minimum in alpha space (a large eigenvalue)
+  goes with a large drop when the architecture is discretised, and its rise precedes the
+  collapse onto parameter-free ops.
+
+The eigenvalue comes from power iteration (`monitor_iterations` steps)::
+
+    v_0 = u / ||u||, u ~ N(0, 1) (stateless, seeded by config.seed)
+    h_k = H v_k,  lambda_k = v_k . h_k,  v_{k+1} = h_k / ||h_k||
+
+on the exact Hessian-vector product H v = grad_a (grad_a L_val(w, a) . v), nested tapes
+through the architect's functional pass (`Architect.loss`: `stateless_call`, so the
+monitor changes no variable, batch-norm statistics included). Power iteration finds the
+eigenvalue of largest magnitude; lambda_k is its Rayleigh quotient (signed).
+
+The batch is fixed: the first validation batch of epoch 0, held in two variables that
+the run's checkpoints carry ("monitor_batch"), so that a resumed run measures on the same
+examples even if its data source changed.
+
+Distribution: each replica computes the product on its slice of the fixed global batch
+(the loss divided by the global batch size, the supernet's batch norms synchronized), and
+`strategy.reduce` sums the slices: the product of the whole batch, one value that every
+replica then receives as the next v.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from trainers.runtime import distribute
+
+
+def skip_connect_counts(model) -> dict[str, int] | None:
+    """{"normal": n, "reduce": m}: skip_connect ops in the derived cells (None: no genotype)."""
+    if not hasattr(model, "genotype"):
+        return None
+    genotype = model.genotype()
+    return {cell: sum(op == "skip_connect" for op, _ in getattr(genotype, cell))
+            for cell in ("normal", "reduce")}
+
+
+class CollapseMonitor:
+    """Skip-connect counts and the dominant Hessian eigenvalue of a `SearchTrainer`'s model.
+
+    Args:
+      trainer: the search trainer (its model, architect, strategy and config).
+      batch: the fixed validation batch (images, labels): a global batch.
+    """
+
+    def __init__(self, trainer, batch):
+        self.trainer = trainer
+        self.iterations = trainer.config.monitor_iterations
+        images, labels = (np.asarray(t) for t in batch)
+        # Host variables, as the run state's counters: restored from a checkpoint, if any.
+        self.images = tf.Variable(images, trainable=False, name="monitor_images")
+        self.labels = tf.Variable(labels, trainable=False, name="monitor_labels")
+        self.traces = 0
+        self._hvp = tf.function(self._distributed_hvp, autograph=False)
+
+    def state_objects(self) -> dict:
+        """What the run's checkpoints hold for the monitor: the fixed batch."""
+        return {"monitor_batch": tf.train.Checkpoint(images=self.images, labels=self.labels)}
+
+    def measure(self) -> tuple[dict, float]:
+        """The epoch's monitor values (for epoch_N.json, TensorBoard and the epoch line), and
+        the seconds they took (kept apart: the values are reproducible, the time is not)."""
+        start = time.time()
+        values = {"hessian_eigenvalue": self.dominant_eigenvalue()}
+        counts = skip_connect_counts(self.trainer.model)
+        if counts is not None:
+            values.update(skip_connect_normal=counts["normal"],
+                          skip_connect_reduce=counts["reduce"])
+        return values, time.time() - start
+
+    def dominant_eigenvalue(self, iterations: int | None = None) -> float:
+        """Power iteration on H v (see the module docstring); the last Rayleigh quotient."""
+        sizes = [int(np.prod(a.shape)) for a in self.trainer.architect.arch_variables]
+        v = tf.random.stateless_normal([sum(sizes)], seed=[self.trainer.config.seed, 0])
+        v = v / tf.norm(v)
+        eigenvalue = 0.0
+        with distribute.graph_optimization(self.trainer.graph_mode):
+            for _ in range(iterations or self.iterations):
+                h = self.hessian_vector_product(v)
+                eigenvalue = float(tf.reduce_sum(v * h))
+                norm = tf.norm(h)
+                if float(norm) == 0.0:  # v is in the null space: 0 is an eigenvalue, stop
+                    break
+                v = h / norm
+        return eigenvalue
+
+    def hessian_vector_product(self, vector) -> tf.Tensor:
+        """H v on the fixed batch, flat (alphas in `arch_variables` order, row-major)."""
+        return self._hvp(tf.convert_to_tensor(vector, tf.float32))
+
+    def _distributed_hvp(self, vector):
+        self.traces += 1  # Python side effect: runs only while tracing.
+        strategy = self.trainer.strategy
+        per_replica = strategy.run(self._replica_hvp, args=(self.images, self.labels, vector))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    def _replica_hvp(self, images, labels, vector):
+        """Runs on each replica: this replica's share of H v (its slice of the batch)."""
+        arch = self.trainer.architect
+        ctx = tf.distribute.get_replica_context()
+        size = images.shape[0] // ctx.num_replicas_in_sync
+        start = ctx.replica_id_in_sync_group * size
+        batch = (images[start:start + size], labels[start:start + size])
+        w, a, nt = arch.read_values()
+        parts = tf.split(vector, [int(np.prod(x.shape)) for x in a])
+        v = [tf.cast(tf.reshape(p, x.shape), x.dtype) for p, x in zip(parts, a)]
+        with tf.GradientTape(watch_accessed_variables=False) as outer:
+            outer.watch(a)
+            with tf.GradientTape(watch_accessed_variables=False) as inner:
+                inner.watch(a)
+                loss, _, _ = arch.loss(w, a, nt, batch)
+            grads = arch.gradient(inner, loss, a)
+            dot = tf.add_n([tf.reduce_sum(g * x) for g, x in zip(grads, v)])
+        hv = arch.gradient(outer, dot, a)
+        return tf.concat([tf.reshape(tf.cast(h, tf.float32), [-1]) for h in hv], axis=0)
