@@ -93,10 +93,38 @@ def _default_data_fn(config: SearchConfig):
         data_dir=config.data_dir, limit=config.data_limit)
 
 
+@dataclasses.dataclass
+class _Search:
+    """A search's parts, restored from its checkpoint if there is one (`_prepare`)."""
+    trainer: SearchTrainer
+    state: run_lib.RunState
+    monitor: CollapseMonitor | None
+    stopping: EarlyStopping
+    resumed_from: int | None
+
+
 def _run(config: SearchConfig, workdir: Path, model_fn, data_fn) -> SearchResult:
+    data_fn = data_fn or _default_data_fn(config)
+    search = _prepare(config, workdir, model_fn, data_fn)
+    trainer, state = search.trainer, search.state
+    history = [_read_json(workdir / f"epoch_{e}.json")["metrics"] for e in range(state.epoch)
+               ] if state.chief else []
+    writer = state.summary_writer()
+    with writer.as_default():
+        while state.epoch < config.epochs and not search.stopping.stopped:
+            _run_epoch(trainer, state, data_fn)
+            history.append(_finish_epoch(trainer, state, search.monitor, search.stopping))
+    writer.close()
+    architecture = _conclude(search)
+    return SearchResult(architecture, trainer.arch_values(), history, state.global_step,
+                        search.resumed_from, trainer.step_traces, str(workdir),
+                        search.stopping.stop_record)
+
+
+def _prepare(config: SearchConfig, workdir: Path, model_fn, data_fn) -> _Search:
+    """Builds the trainer, the guards and the run state; writes config.json; restores."""
     keras.utils.set_random_seed(config.seed)
     strategy = distribute.make_strategy(config.strategy)
-    data_fn = data_fn or _default_data_fn(config)
     model_fn = model_fn or _default_model_fn(config)
     input_shape = tuple(data_fn(0)[0].element_spec[0].shape[1:])
     trainer = SearchTrainer(model_fn, config, strategy, input_shape=input_shape)
@@ -115,23 +143,22 @@ def _run(config: SearchConfig, workdir: Path, model_fn, data_fn) -> SearchResult
     trainer.set_step(state.global_step)
     if resumed_from is None:
         stopping.start()
-    history = [_read_json(workdir / f"epoch_{e}.json")["metrics"] for e in range(state.epoch)
-               ] if state.chief else []
-    writer = state.summary_writer()
-    with writer.as_default():
-        while state.epoch < config.epochs and not stopping.stopped:
-            _run_epoch(trainer, state, data_fn)
-            history.append(_finish_epoch(trainer, state, monitor, stopping))
-    writer.close()
+    return _Search(trainer, state, monitor, stopping, resumed_from)
+
+
+def _conclude(search: _Search) -> dict:
+    """Writes the result (genotype.json or architecture.json) and returns it: the
+    architecture from before an early stop's trigger, else the current one."""
+    stopping, workdir = search.stopping, search.state.workdir
     architecture = stopping.architecture()
-    if state.chief:
-        name = "genotype.json" if hasattr(trainer.model, "genotype") else "architecture.json"
+    if search.state.chief:
+        has_genotype = hasattr(search.trainer.model, "genotype")
+        name = "genotype.json" if has_genotype else "architecture.json"
         run_lib.write_json(workdir / name, architecture)
-        if stopping.stopped and name == "genotype.json":  # cells.png shows the result too
-            _plot(Genotype.from_dict(architecture), workdir, f"epoch {stopping.stop_record['architecture_epoch']}"
-                  " (before the early stop)")
-    return SearchResult(architecture, trainer.arch_values(), history, state.global_step,
-                        resumed_from, trainer.step_traces, str(workdir), stopping.stop_record)
+        if stopping.stopped and has_genotype:  # cells.png shows the result too
+            epoch = stopping.stop_record["architecture_epoch"]
+            _plot(Genotype.from_dict(architecture), workdir, f"epoch {epoch} (early stop)")
+    return architecture
 
 
 def _run_epoch(trainer: SearchTrainer, state: run_lib.RunState, data_fn) -> None:
