@@ -35,7 +35,8 @@ from trainers.search.stopping import EarlyStopping
 from trainers.search.trainer import METRICS, SearchTrainer
 
 logger = logging.getLogger(__name__)
-MONITOR = ("hessian_eigenvalue", "skip_connect_normal", "skip_connect_reduce")
+MONITOR = ("hessian_eigenvalue", "hessian_residual", "skip_connect_normal",
+           "skip_connect_reduce")  # monitor.py
 
 
 @dataclasses.dataclass
