@@ -8,7 +8,8 @@ from __future__ import annotations
 import dataclasses
 
 from configs.base import (ConfigIO, check, check_each, check_execution, cosine, in_unit_interval,
-                          is_int, is_number, non_negative, optional_positive_int, positive_int, preset)
+                          is_int, is_number, non_negative, optional_positive_int, positive_int,
+                          preset)
 
 
 @dataclasses.dataclass(frozen=True)
