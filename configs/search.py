@@ -50,6 +50,7 @@ class SearchConfig(ConfigIO):
     early_stop_patience: int | None = 10   # ... the genotype unchanged for N epochs
     monitor: bool = True                   # skip counts and the Hessian's dominant eigenvalue
     monitor_iterations: int = 10           # power iterations (Hessian-vector products) per epoch
+    monitor_chunk: int | None = 16         # examples per Hessian pass (memory); None: all at once
     # Reproducibility and execution.
     seed: int = 2
     deterministic: bool = False            # tf.config.experimental.enable_op_determinism
@@ -103,6 +104,10 @@ class SearchConfig(ConfigIO):
               "(no trigger)")
         check(positive_int(self.monitor_iterations), "monitor_iterations",
               self.monitor_iterations, "a positive integer")
+        check(self.monitor_chunk is None or (positive_int(self.monitor_chunk) and self.batch_size
+              % min(self.monitor_chunk, self.batch_size) == 0), "monitor_chunk",
+              self.monitor_chunk, f"None or a positive integer that divides batch_size "
+              f"({self.batch_size}) (or is larger)")
 
     def learning_rate(self, epoch: int) -> float:
         """The weights' learning rate of `epoch` (from 0): cosine from w_lr to w_lr_min."""

@@ -92,6 +92,14 @@ def test_power_iteration_finds_the_dense_hessians_dominant_eigenvalue(trainer):
     assert error < 1e-3 and residual < 1e-2
     assert abs(warm - dominant) / abs(dominant) < 1e-3
     assert monitor.traces == 1
+    # In chunks of 4 (each with its own batch-norm statistics): the sum of the chunks' products
+    # (each chunk's loss is divided by the batch size, 8, as the whole batch's).
+    halves = [CollapseMonitor(trainer, (batch[0][i:i + 4], batch[1][i:i + 4]), chunk=None)
+              for i in (0, 4)]
+    expected = sum(h.hessian_vector_product(v).numpy() for h in halves)
+    chunked = CollapseMonitor(trainer, batch, chunk=4).hessian_vector_product(v).numpy()
+    assert np.linalg.norm(chunked - expected) < 1e-5 * np.linalg.norm(expected)
+    assert np.linalg.norm(chunked - hv) > 1e-3 * np.linalg.norm(hv)  # not the whole batch's
     # Read-only: nothing in the model moved (batch-norm statistics included).
     before = [v.numpy().copy() for v in trainer.model.variables]
     monitor.dominant_eigenvalue()
@@ -99,16 +107,16 @@ def test_power_iteration_finds_the_dense_hessians_dominant_eigenvalue(trainer):
 
 
 def test_mirrored_computes_the_single_device_value(trainer):
-    """Each replica takes its half of the fixed batch (global-batch statistics in the batch
-    norms); the summed product is the single-device one, the same for every replica."""
+    """Each replica takes its half of each chunk of the fixed batch (the chunk's statistics in
+    the batch norms); the summed product is the single-device one, the same for every replica."""
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     multi = search.SearchTrainer(tiny_supernet, CONFIG, mirrored, input_shape=(8, 8, 1))
     for a, b in zip(multi.model.variables, trainer.model.variables):
         a.assign(b.numpy())
     batch = _first_val_batch()
     v = np.random.default_rng(2).normal(size=16).astype(np.float32)
-    one = CollapseMonitor(trainer, batch)
-    two = CollapseMonitor(multi, batch)
+    one = CollapseMonitor(trainer, batch, chunk=4)
+    two = CollapseMonitor(multi, batch, chunk=4)
     expected, got = one.hessian_vector_product(v).numpy(), two.hessian_vector_product(v).numpy()
     error = np.linalg.norm(got - expected) / np.linalg.norm(expected)
     print(f"H v, two replicas vs one device: relative error {error:.1e}")

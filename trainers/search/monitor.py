@@ -28,10 +28,17 @@ The batch is fixed: the first validation batch of epoch 0, held in two variables
 the run's checkpoints carry (key "monitor", with v), so that a resumed run measures on
 the same examples, from the same start vector, even if its data source changed.
 
-Distribution: each replica computes the product on its slice of the fixed global batch
-(the loss divided by the global batch size, the supernet's batch norms synchronized), and
-`strategy.reduce` sums the slices: the product of the whole batch, one value that every
-replica then receives as the next v.
+Memory: the nested tapes keep the forward, the backward and its backward alive at once,
+which on the reference network (C=16, 8 cells, 32x32) took more than 20 GB for a batch of
+64 (BENCHMARKS.md). So the batch goes through in chunks of `monitor_chunk` examples, one
+after the other, and the chunks' products are summed: the Hessian of the batch's mean loss
+with each chunk's own batch-norm statistics ("ghost" batch norm). `monitor_chunk=None`
+takes the whole batch in one pass (its own statistics: the architect's L_val exactly).
+
+Distribution: each replica computes the product on its part of each chunk (the loss
+divided by the global batch size, the supernet's batch norms synchronized), and
+`strategy.reduce` sums the parts: one product, which every replica then receives as the
+next v.
 """
 from __future__ import annotations
 
@@ -40,6 +47,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from configs import ConfigError
 from trainers.runtime import distribute
 
 
@@ -58,15 +66,25 @@ class CollapseMonitor:
     Args:
       trainer: the search trainer (its model, architect, strategy and config).
       batch: the fixed validation batch (images, labels): a global batch.
+      chunk: examples per Hessian pass (default: the config's `monitor_chunk`).
     """
 
-    def __init__(self, trainer, batch):
+    def __init__(self, trainer, batch, chunk: int | None = -1):
         self.trainer = trainer
         self.iterations = trainer.config.monitor_iterations
         images, labels = (np.asarray(t) for t in batch)
         # Host variables, as the run state's counters: restored from a checkpoint, if any.
         self.images = tf.Variable(images, trainable=False, name="monitor_images")
         self.labels = tf.Variable(labels, trainable=False, name="monitor_labels")
+        size = len(images)
+        chunk = trainer.config.monitor_chunk if chunk == -1 else chunk
+        self.chunk = size if chunk is None else min(chunk, size)
+        replicas = trainer.strategy.num_replicas_in_sync
+        if size % self.chunk or self.chunk % replicas:
+            raise ConfigError(
+                f"Invalid config value monitor_chunk={chunk!r}: the monitor's batch of {size} "
+                f"must split into chunks of {self.chunk} examples, each split over {replicas} "
+                "replica(s); choose a divisor of batch_size that the replicas divide.")
         sizes = [int(np.prod(a.shape)) for a in trainer.architect.arch_variables]
         start = tf.random.stateless_normal([sum(sizes)], seed=[trainer.config.seed, 0])
         self.vector = tf.Variable(start / tf.norm(start), trainable=False, name="monitor_v")
@@ -122,15 +140,32 @@ class CollapseMonitor:
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     def _replica_hvp(self, images, labels, vector):
-        """Runs on each replica: this replica's share of H v (its slice of the batch)."""
+        """Runs on each replica: this replica's share of H v, chunk after chunk.
+
+        Chunk c is examples [c * m, (c + 1) * m) of the fixed batch (m = `chunk`); a
+        replica takes its 1/R of each chunk, so a chunk's synchronized batch-norm
+        statistics are those one device computes on it.
+        """
         arch = self.trainer.architect
         ctx = tf.distribute.get_replica_context()
-        size = images.shape[0] // ctx.num_replicas_in_sync
-        start = ctx.replica_id_in_sync_group * size
-        batch = (images[start:start + size], labels[start:start + size])
+        replicas, replica = ctx.num_replicas_in_sync, ctx.replica_id_in_sync_group
         w, a, nt = arch.read_values()
         parts = tf.split(vector, [int(np.prod(x.shape)) for x in a])
         v = [tf.cast(tf.reshape(p, x.shape), x.dtype) for p, x in zip(parts, a)]
+        share, total = self.chunk // replicas, None
+        for first in range(0, images.shape[0], self.chunk):
+            start = first + replica * share
+            batch = (images[start:start + share], labels[start:start + share])
+            if total is not None:  # one chunk's passes at a time: their memory is not added up
+                with tf.control_dependencies([total]):
+                    batch = (tf.identity(batch[0]), batch[1])
+            hv = self._chunk_hvp(w, a, nt, batch, v)
+            total = hv if total is None else total + hv
+        return total
+
+    def _chunk_hvp(self, w, a, nt, batch, v):
+        """grad_a (grad_a L(w, a) . v) on one chunk (L divided by the whole batch's size)."""
+        arch = self.trainer.architect
         with tf.GradientTape(watch_accessed_variables=False) as outer:
             outer.watch(a)
             with tf.GradientTape(watch_accessed_variables=False) as inner:
