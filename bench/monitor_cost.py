@@ -1,7 +1,7 @@
 r"""The collapse monitor's cost per search epoch, as a fraction of the epoch.
 
     python bench/monitor_cost.py                  # reference configuration, batch 64
-    python bench/monitor_cost.py --batch=16 --steps=3
+    python bench/monitor_cost.py --batch=16 --steps=3 --chunk=16 --iterations=2
     python bench/monitor_cost.py --digits         # a whole digits-preset search, monitor on
 
 Reference mode: the reference search network (C=16, 8 cells, 4 nodes, 32x32x3, 10
@@ -37,7 +37,7 @@ def _uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
-def reference(batch: int, steps: int, iterations: int) -> dict:
+def reference(batch: int, steps: int, iterations: int, chunk: int) -> dict:
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
@@ -46,7 +46,7 @@ def reference(batch: int, steps: int, iterations: int) -> dict:
     from trainers import search  # pylint: disable=import-outside-toplevel
     from trainers.search.monitor import CollapseMonitor  # pylint: disable=import-outside-toplevel
 
-    config = SearchConfig(batch_size=batch, monitor_iterations=iterations)
+    config = SearchConfig(batch_size=batch, monitor_iterations=iterations, monitor_chunk=chunk)
     trainer = search.SearchTrainer(lambda: darts_tf.Supernet(num_classes=10), config,
                                    input_shape=(32, 32, 3))
     rng = np.random.default_rng(0)
@@ -69,11 +69,13 @@ def reference(batch: int, steps: int, iterations: int) -> dict:
     steps_per_epoch = -(-25000 // batch)
     epoch_s = steps_per_epoch * step_s
     return {"mode": "reference C=16 cells=8 nodes=4 32x32x3 first order", "batch": batch,
-            "monitor_iterations": iterations, "step_s_median": round(step_s, 3),
+            "monitor_iterations": iterations, "monitor_chunk": chunk, "step_s_median": round(step_s, 3),
             "steps_timed": steps, "steps_per_epoch": steps_per_epoch,
             "monitor_first_s (trace + products)": round(first_s, 2),
             "monitor_s": round(monitor_s, 2), "per_product_s": round(monitor_s / iterations, 3),
             "fraction_of_epoch": round(monitor_s / (epoch_s + monitor_s), 4),
+            "fraction_of_epoch_at_10_iterations": round(
+                monitor_s * 10 / iterations / (epoch_s + monitor_s * 10 / iterations), 4),
             "fraction_first_epoch": round(first_s / (epoch_s + first_s), 4),
             "peak_rss_gb_after_steps": round(rss_steps, 2),
             "peak_rss_gb_after_monitor": round(
@@ -106,10 +108,11 @@ def main():
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--chunk", type=int, default=8)
     parser.add_argument("--digits", action="store_true")
     args = parser.parse_args()
     before = _uptime()
-    result = digits() if args.digits else reference(args.batch, args.steps, args.iterations)
+    result = digits() if args.digits else reference(args.batch, args.steps, args.iterations, args.chunk)
     print(json.dumps({**result, "uptime_before": before, "uptime_after": _uptime()}))
 
 

@@ -50,7 +50,7 @@ class SearchConfig(ConfigIO):
     early_stop_patience: int | None = 10   # ... the genotype unchanged for N epochs
     monitor: bool = True                   # skip counts and the Hessian's dominant eigenvalue
     monitor_iterations: int = 10           # power iterations (Hessian-vector products) per epoch
-    monitor_chunk: int | None = 16         # examples per Hessian pass (memory); None: all at once
+    monitor_chunk: int | None = 8          # examples per Hessian pass (memory); None: all at once
     # Reproducibility and execution.
     seed: int = 2
     deterministic: bool = False            # tf.config.experimental.enable_op_determinism

@@ -30,8 +30,9 @@ the same examples, from the same start vector, even if its data source changed.
 
 Memory: the nested tapes keep the forward, the backward and its backward alive at once,
 which on the reference network (C=16, 8 cells, 32x32) took more than 20 GB for a batch of
-64 (BENCHMARKS.md). So the batch goes through in chunks of `monitor_chunk` examples, one
-after the other, and the chunks' products are summed: the Hessian of the batch's mean loss
+64 and 5.5 GB for 16 (BENCHMARKS.md). So the batch goes through in chunks of
+`monitor_chunk` examples (default 8), one call of one traced function per chunk, and the
+chunks' products are summed: the Hessian of the batch's mean loss
 with each chunk's own batch-norm statistics ("ghost" batch norm). `monitor_chunk=None`
 takes the whole batch in one pass (its own statistics: the architect's L_val exactly).
 
@@ -130,38 +131,41 @@ class CollapseMonitor:
         return eigenvalue, residual
 
     def hessian_vector_product(self, vector) -> tf.Tensor:
-        """H v on the fixed batch, flat (alphas in `arch_variables` order, row-major)."""
-        return self._hvp(tf.convert_to_tensor(vector, tf.float32))
+        """H v on the fixed batch, flat (alphas in `arch_variables` order, row-major): the sum
+        of the chunks' products, one call (and one chunk's memory) at a time."""
+        vector = tf.convert_to_tensor(vector, tf.float32)
+        total = None
+        for first in range(0, int(self.images.shape[0]), self.chunk):
+            hv = self._hvp(vector, tf.constant(first, tf.int32))
+            total = hv if total is None else total + hv
+        return total
 
-    def _distributed_hvp(self, vector):
-        self.traces += 1  # Python side effect: runs only while tracing.
+    def _distributed_hvp(self, vector, first):
+        self.traces += 1  # Python side effect: runs only while tracing (once: `first` is a tensor).
         strategy = self.trainer.strategy
-        per_replica = strategy.run(self._replica_hvp, args=(self.images, self.labels, vector))
+        per_replica = strategy.run(self._replica_hvp,
+                                   args=(self.images, self.labels, vector, first))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
-    def _replica_hvp(self, images, labels, vector):
-        """Runs on each replica: this replica's share of H v, chunk after chunk.
+    def _replica_hvp(self, images, labels, vector, first):
+        """Runs on each replica: its share of H v on the chunk that starts at `first`.
 
         Chunk c is examples [c * m, (c + 1) * m) of the fixed batch (m = `chunk`); a
-        replica takes its 1/R of each chunk, so a chunk's synchronized batch-norm
+        replica takes its 1/R of the chunk, so a chunk's synchronized batch-norm
         statistics are those one device computes on it.
         """
         arch = self.trainer.architect
         ctx = tf.distribute.get_replica_context()
-        replicas, replica = ctx.num_replicas_in_sync, ctx.replica_id_in_sync_group
+        share = self.chunk // ctx.num_replicas_in_sync
+        start = first + ctx.replica_id_in_sync_group * share
+        batch = (tf.slice(images, [start] + [0] * (images.shape.rank - 1),
+                          [share, *images.shape[1:]]),
+                 tf.slice(labels, [start] + [0] * (labels.shape.rank - 1),
+                          [share, *labels.shape[1:]]))
         w, a, nt = arch.read_values()
         parts = tf.split(vector, [int(np.prod(x.shape)) for x in a])
         v = [tf.cast(tf.reshape(p, x.shape), x.dtype) for p, x in zip(parts, a)]
-        share, total = self.chunk // replicas, None
-        for first in range(0, images.shape[0], self.chunk):
-            start = first + replica * share
-            batch = (images[start:start + share], labels[start:start + share])
-            if total is not None:  # one chunk's passes at a time: their memory is not added up
-                with tf.control_dependencies([total]):
-                    batch = (tf.identity(batch[0]), batch[1])
-            hv = self._chunk_hvp(w, a, nt, batch, v)
-            total = hv if total is None else total + hv
-        return total
+        return self._chunk_hvp(w, a, nt, batch, v)
 
     def _chunk_hvp(self, w, a, nt, batch, v):
         """grad_a (grad_a L(w, a) . v) on one chunk (L divided by the whole batch's size)."""
