@@ -163,11 +163,6 @@ class TinyMixNet(keras.Model):
                                         axis=[1, 2]))
 
 
-@pytest.fixture(name="mirrored", scope="module")
-def fixture_mirrored():
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-
-
 def _trainer(strategy, config):
     keras.utils.set_random_seed(0)
     return search.SearchTrainer(TinyMixNet, config, strategy, input_shape=(8, 8, 1))

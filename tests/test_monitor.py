@@ -97,7 +97,9 @@ def test_power_iteration_finds_the_dense_hessians_dominant_eigenvalue(trainer):
     halves = [CollapseMonitor(trainer, (batch[0][i:i + 4], batch[1][i:i + 4]), chunk=None)
               for i in (0, 4)]
     expected = sum(h.hessian_vector_product(v).numpy() for h in halves)
-    chunked = CollapseMonitor(trainer, batch, chunk=4).hessian_vector_product(v).numpy()
+    chunked_monitor = CollapseMonitor(trainer, batch, chunk=4)
+    chunked = chunked_monitor.hessian_vector_product(v).numpy()
+    assert chunked_monitor.traces == 1  # one function for both chunks
     assert np.linalg.norm(chunked - expected) < 1e-5 * np.linalg.norm(expected)
     assert np.linalg.norm(chunked - hv) > 1e-3 * np.linalg.norm(hv)  # not the whole batch's
     # Read-only: nothing in the model moved (batch-norm statistics included).
@@ -106,10 +108,9 @@ def test_power_iteration_finds_the_dense_hessians_dominant_eigenvalue(trainer):
     assert all(np.array_equal(b, v.numpy()) for b, v in zip(before, trainer.model.variables))
 
 
-def test_mirrored_computes_the_single_device_value(trainer):
+def test_mirrored_computes_the_single_device_value(trainer, mirrored):
     """Each replica takes its half of each chunk of the fixed batch (the chunk's statistics in
     the batch norms); the summed product is the single-device one, the same for every replica."""
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     multi = search.SearchTrainer(tiny_supernet, CONFIG, mirrored, input_shape=(8, 8, 1))
     for a, b in zip(multi.model.variables, trainer.model.variables):
         a.assign(b.numpy())

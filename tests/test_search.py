@@ -84,12 +84,6 @@ def test_momentum_sgd_is_pytorch_sgd_after_clip_grad_norm():
     np.testing.assert_allclose(opt.momentum_buffers[0].numpy(), buf, rtol=1e-6)
 
 
-@pytest.fixture(name="mirrored", scope="module")
-def fixture_mirrored():
-    # One per process: a second MirroredStrategy reuses the first one's collective keys.
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-
-
 def _batches(count, seed=0):
     """`count` (train, val) pairs of global batches of 8 digits."""
     train, val = data.search_data("digits", batch_size=8, seed=seed, epoch=0, limit=400)
