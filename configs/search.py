@@ -49,12 +49,20 @@ class SearchConfig(ConfigIO):
     # Bilevel update.
     unrolled: bool = False                 # second order (eq. 6-8) when True
     hessian: str = "finite_difference"     # or "exact" (autodiff Hessian-vector product)
-    arch_start_epoch: int = 0              # alphas are updated from this epoch on (PC-DARTS: 15)
     # Search method (darts_tf.methods): darts | pc_darts | darts_minus.
     method: str = "darts"
     partial_channels: int | None = None    # PC-DARTS' K (None: 4); other methods: None or 1
     edge_normalization: bool | None = None  # PC-DARTS' edge betas (None: True)
     max_skip_connect: int | None = None    # P-DARTS' guard at derivation (None: no limit)
+    # Guards against collapse (README "Collapse: watching and guarding a search").
+    arch_start_epoch: int = 0              # weights-only warm-up: architecture steps from here
+    sdarts_epsilon: float = 0.0            # SDARTS-RS: U(-e, e) on the alphas in weight steps
+    early_stop: bool = False               # DARTS+: stop on either trigger below
+    early_stop_skip_connect: int | None = 2   # ... the normal cell holds >= N skip-connects
+    early_stop_patience: int | None = 10   # ... the genotype unchanged for N epochs
+    monitor: bool = True                   # skip counts and the Hessian's dominant eigenvalue
+    monitor_iterations: int = 10           # power iterations (Hessian-vector products) per epoch
+    monitor_chunk: int | None = 8          # examples per Hessian pass (memory); None: all at once
     # Reproducibility and execution.
     seed: int = 2
     deterministic: bool = False            # tf.config.experimental.enable_op_determinism
@@ -81,6 +89,7 @@ class SearchConfig(ConfigIO):
         check(self.hessian in ("finite_difference", "exact"), "hessian", self.hessian,
               "'finite_difference' or 'exact'")
         check_execution(self)
+        self._check_guards()
         check(self.mixed_precision in (None, "mixed_float16", "mixed_bfloat16"),
               "mixed_precision", self.mixed_precision,
               "None, 'mixed_float16' or 'mixed_bfloat16'")
@@ -93,10 +102,6 @@ class SearchConfig(ConfigIO):
         """The search method's fields: values and combinations (darts_tf.methods)."""
         check(self.method in METHODS, "method", self.method,
               "one of " + ", ".join(repr(m) for m in METHODS))
-        check(is_int(self.arch_start_epoch) and 0 <= self.arch_start_epoch < self.epochs,
-              "arch_start_epoch", self.arch_start_epoch,
-              f"an integer in [0, epochs) (epochs={self.epochs}): the alphas must be updated "
-              "at least once")
         check(optional_non_negative_int(self.max_skip_connect), "max_skip_connect",
               self.max_skip_connect, "None or an integer >= 0")
         if self.method != "pc_darts":
@@ -121,6 +126,37 @@ class SearchConfig(ConfigIO):
         return {"method": self.method, "partial_channels": self.partial_channels,
                 "edge_normalization": self.edge_normalization,
                 "max_skip_connect": self.max_skip_connect}
+
+    def _check_guards(self):
+        """The collapse guards and the monitor (their combinations with the model are
+        checked by trainers/search: the skip-connect trigger needs a genotype)."""
+        check(is_int(self.arch_start_epoch) and 0 <= self.arch_start_epoch < self.epochs,
+              "arch_start_epoch", self.arch_start_epoch,
+              f"an integer in [0, epochs) (epochs={self.epochs}): the architecture must be "
+              "trained for at least one epoch")
+        check(non_negative(self.sdarts_epsilon), "sdarts_epsilon", self.sdarts_epsilon,
+              "a finite number >= 0 (0 turns the noise off)")
+        check_each(self, ("early_stop", "monitor"), lambda v: isinstance(v, bool),
+                   "True or False")
+        check_each(self, ("early_stop_skip_connect", "early_stop_patience"),
+                   optional_positive_int, "None or a positive integer")
+        check(not self.early_stop or self.early_stop_skip_connect is not None
+              or self.early_stop_patience is not None, "early_stop", self.early_stop,
+              "False when both early_stop_skip_connect and early_stop_patience are None "
+              "(no trigger)")
+        check(not (self.early_stop and self.early_stop_skip_connect is not None
+                   and self.max_skip_connect is not None
+                   and self.max_skip_connect < self.early_stop_skip_connect),
+              "early_stop_skip_connect", self.early_stop_skip_connect,
+              f"<= max_skip_connect ({self.max_skip_connect}), or None: the derived normal cell "
+              "never holds more skip-connects than max_skip_connect, so the trigger could "
+              "never fire")
+        check(positive_int(self.monitor_iterations), "monitor_iterations",
+              self.monitor_iterations, "a positive integer")
+        check(self.monitor_chunk is None or (positive_int(self.monitor_chunk) and self.batch_size
+              % min(self.monitor_chunk, self.batch_size) == 0), "monitor_chunk",
+              self.monitor_chunk, f"None or a positive integer that divides batch_size "
+              f"({self.batch_size}) (or is larger)")
 
     def learning_rate(self, epoch: int) -> float:
         """The weights' learning rate of `epoch` (from 0): cosine from w_lr to w_lr_min."""

@@ -18,8 +18,8 @@ from darts_tf import genotype as genotype_lib, methods
 from darts_tf.genotype import PRIMITIVES, Genotype, derive_genotype
 from darts_tf.supernet import Supernet
 from trainers import search
-from test_search import (RUN_CONFIG, _batches, _replicas, _run, fixture_mirrored,  # noqa: F401
-                         kill_mid_epoch, tiny_supernet)
+from test_search import (RUN_CONFIG, _batches, _replicas, _run, kill_mid_epoch,
+                         tiny_supernet)
 
 DATA = pathlib.Path(__file__).parent / "data"
 TINY = dict(num_classes=10, init_channels=4, num_cells=3, num_nodes=2, input_channels=3)
@@ -300,7 +300,7 @@ def test_darts_minus_beta_decays_linearly_and_warm_up_keeps_the_alphas():
     model = trainer.model
     train, val = next(iter(_batches(1)))
     trainer.set_epoch(0)
-    assert float(model.skip_beta.numpy()) == 1.0 and float(trainer.arch_on.numpy()) == 0.0
+    assert float(model.skip_beta.numpy()) == 1.0 and trainer.arch_active is False
     alphas = [v.numpy() for v in model.arch_variables]
     weights = [v.numpy() for v in model.weight_variables]
     trainer.step(train, val)
@@ -309,7 +309,7 @@ def test_darts_minus_beta_decays_linearly_and_warm_up_keeps_the_alphas():
     assert int(trainer.a_opt.iterations.numpy()) == 0
     assert max(np.abs(a - b.numpy()).max() for a, b in zip(weights, model.weight_variables)) > 0
     trainer.set_epoch(3)
-    assert float(model.skip_beta.numpy()) == 0.25 and float(trainer.arch_on.numpy()) == 1.0
+    assert float(model.skip_beta.numpy()) == 0.25 and trainer.arch_active is True
     trainer.step(train, val)
     assert max(np.abs(a - b.numpy()).max() for a, b in zip(alphas, model.arch_variables)) > 0
 

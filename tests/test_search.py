@@ -92,18 +92,6 @@ def test_momentum_sgd_is_pytorch_sgd_after_clip_grad_norm():
     np.testing.assert_allclose(opt.momentum_buffers[0].numpy(), buf, rtol=1e-6)
 
 
-_MIRRORED = []
-
-
-@pytest.fixture(name="mirrored", scope="module")
-def fixture_mirrored():
-    # One per process (modules that import this fixture share it): a second
-    # MirroredStrategy reuses the first one's collective keys.
-    if not _MIRRORED:
-        _MIRRORED.append(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
-    return _MIRRORED[0]
-
-
 def _batches(count, seed=0):
     """`count` (train, val) pairs of global batches of 8 digits."""
     train, val = data.search_data("digits", batch_size=8, seed=seed, epoch=0, limit=400)

@@ -1,5 +1,6 @@
 """Stage 1, the search: the architect (`architect.py`), the step (`trainer.py`), the loop and
-its files (`loop.py`), and DARTS as a KerasTuner oracle and tuner (`tuner.py`).
+its files (`loop.py`), the collapse monitor (`monitor.py`) and DARTS+ early stopping
+(`stopping.py`), and DARTS as a KerasTuner oracle and tuner (`tuner.py`).
 
     from trainers import search
     result = search.run(configs.search.digits(), "runs/search")

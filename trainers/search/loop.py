@@ -9,7 +9,10 @@ epoch), `cells.png` (the supernet's cells, redrawn every epoch), `tensorboard/`,
 `checkpoints/` (resumable state) and finally `genotype.json` (the supernet's
 genotype) or `architecture.json` (a user choice model's decisions). The step
 itself is `trainer.py`; position, checkpoints and the write policy are the shared
-run skeleton (`trainers.runtime.run`).
+run skeleton (`trainers.runtime.run`). Each epoch's metrics carry the collapse
+monitor's values (`monitor.py`); DARTS+ early stopping (`stopping.py`) may end the
+search before `epochs`: the epoch_N.json of that epoch then says why ("early_stop"),
+and the result is the architecture from before the trigger.
 """
 from __future__ import annotations
 
@@ -24,24 +27,29 @@ import tensorflow as tf
 
 from configs import SearchConfig
 from darts_tf import search_space
-from darts_tf.genotype import softmax
+from darts_tf.genotype import Genotype, softmax
 from trainers.runtime import distribute, run as run_lib
 from trainers.runtime.progress import Progress, epoch_line
+from trainers.search.monitor import CollapseMonitor
+from trainers.search.stopping import EarlyStopping
 from trainers.search.trainer import METRICS, SearchTrainer
 
 logger = logging.getLogger(__name__)
+MONITOR = ("hessian_eigenvalue", "hessian_residual", "skip_connect_normal",
+           "skip_connect_reduce")  # monitor.py
 
 
 @dataclasses.dataclass
 class SearchResult:
     """What `run` returns (the same is on disk in the work directory)."""
-    architecture: dict          # export_architecture(model): genotype dict or choice decisions
+    architecture: dict          # genotype dict or choice decisions (before an early stop's trigger)
     alphas: dict                # raw alphas by variable path in the model (numpy arrays)
     history: list               # one dict of metrics per epoch
     global_step: int
     resumed_from_step: int | None
     step_traces: int            # times the step function was traced in this process (1)
     workdir: str
+    stopped: dict | None = None  # why DARTS+ early stopping ended the search (None: it did not)
 
 
 def run(config: SearchConfig, workdir: str, model_fn=None, data_fn=None) -> SearchResult:
@@ -87,33 +95,72 @@ def _default_data_fn(config: SearchConfig):
         data_dir=config.data_dir, limit=config.data_limit)
 
 
+@dataclasses.dataclass
+class _Search:
+    """A search's parts, restored from its checkpoint if there is one (`_prepare`)."""
+    trainer: SearchTrainer
+    state: run_lib.RunState
+    monitor: CollapseMonitor | None
+    stopping: EarlyStopping
+    resumed_from: int | None
+
+
 def _run(config: SearchConfig, workdir: Path, model_fn, data_fn) -> SearchResult:
+    data_fn = data_fn or _default_data_fn(config)
+    search = _prepare(config, workdir, model_fn, data_fn)
+    trainer, state = search.trainer, search.state
+    history = [_read_json(workdir / f"epoch_{e}.json")["metrics"] for e in range(state.epoch)
+               ] if state.chief else []
+    writer = state.summary_writer()
+    with writer.as_default():
+        while state.epoch < config.epochs and not search.stopping.stopped:
+            _run_epoch(trainer, state, data_fn)
+            history.append(_finish_epoch(trainer, state, search.monitor, search.stopping))
+    writer.close()
+    architecture = _conclude(search)
+    return SearchResult(architecture, trainer.arch_values(), history, state.global_step,
+                        search.resumed_from, trainer.step_traces, str(workdir),
+                        search.stopping.stop_record)
+
+
+def _prepare(config: SearchConfig, workdir: Path, model_fn, data_fn) -> _Search:
+    """Builds the trainer, the guards and the run state; writes config.json; restores."""
     keras.utils.set_random_seed(config.seed)
     strategy = distribute.make_strategy(config.strategy)
-    data_fn = data_fn or _default_data_fn(config)
     model_fn = model_fn or _default_model_fn(config)
     input_shape = tuple(data_fn(0)[0].element_spec[0].shape[1:])
     trainer = SearchTrainer(model_fn, config, strategy, input_shape=input_shape)
-    state = run_lib.RunState(workdir, strategy, trainer.model, trainer.state_objects(),
+    stopping = EarlyStopping(config, trainer.model)  # refuses what it cannot judge
+    # The monitor's fixed batch: the first validation batch of epoch 0 (a restore replaces it
+    # with the one the run started with).
+    monitor = CollapseMonitor(trainer, next(iter(data_fn(0)[1]))) if config.monitor else None
+    objects = {**trainer.state_objects(), **stopping.state_objects(),
+               **(monitor.state_objects() if monitor else {})}
+    state = run_lib.RunState(workdir, strategy, trainer.model, objects,
                              metrics=METRICS, checkpoint_every=config.checkpoint_every)
     if state.chief:
         workdir.mkdir(parents=True, exist_ok=True)
         run_lib.write_json(workdir / "config.json", config.to_dict())
     resumed_from = state.restore()
-    history = [_read_json(workdir / f"epoch_{e}.json")["metrics"] for e in range(state.epoch)
-               ] if state.chief else []
-    writer = state.summary_writer()
-    with writer.as_default():
-        while state.epoch < config.epochs:
-            _run_epoch(trainer, state, data_fn)
-            history.append(_finish_epoch(trainer, state))
-    writer.close()
-    architecture = search_space.export_architecture(trainer.model)
-    if state.chief:
-        name = "genotype.json" if hasattr(trainer.model, "genotype") else "architecture.json"
+    trainer.set_step(state.global_step)
+    if resumed_from is None:
+        stopping.start()
+    return _Search(trainer, state, monitor, stopping, resumed_from)
+
+
+def _conclude(search: _Search) -> dict:
+    """Writes the result (genotype.json or architecture.json) and returns it: the
+    architecture from before an early stop's trigger, else the current one."""
+    stopping, workdir = search.stopping, search.state.workdir
+    architecture = stopping.architecture()
+    if search.state.chief:
+        has_genotype = hasattr(search.trainer.model, "genotype")
+        name = "genotype.json" if has_genotype else "architecture.json"
         run_lib.write_json(workdir / name, architecture)
-    return SearchResult(architecture, trainer.arch_values(), history, state.global_step,
-                        resumed_from, trainer.step_traces, str(workdir))
+        if stopping.stopped and has_genotype:  # cells.png shows the result too
+            epoch = stopping.stop_record["architecture_epoch"]
+            _plot(Genotype.from_dict(architecture), workdir, f"epoch {epoch} (early stop)")
+    return architecture
 
 
 def _run_epoch(trainer: SearchTrainer, state: run_lib.RunState, data_fn) -> None:
@@ -137,37 +184,56 @@ def _run_epoch(trainer: SearchTrainer, state: run_lib.RunState, data_fn) -> None
                               step=state.global_step)
 
 
-def _finish_epoch(trainer: SearchTrainer, state: run_lib.RunState) -> dict:
-    """Writes epoch_{N}.json and the alphas line, then checkpoints the start of the next epoch."""
+def _finish_epoch(trainer: SearchTrainer, state: run_lib.RunState, monitor, stopping) -> dict:
+    """Measures the monitor's values and checks the early-stopping triggers, writes
+    epoch_{N}.json and the alphas line, then checkpoints the start of the next epoch."""
     metrics = state.epoch_means()
     metrics.update(epoch=state.epoch, steps=state.step_in_epoch,
                    w_lr=trainer.config.learning_rate(state.epoch))
+    seconds = None
+    if monitor is not None:
+        values, seconds = monitor.measure()
+        metrics.update(values)
+    stop = stopping.end_of_epoch(state.epoch)
     alphas = trainer.arch_values()
     if state.chief:
         workdir = state.workdir
-        run_lib.write_json(workdir / f"epoch_{state.epoch}.json", {
-            "epoch": state.epoch,
-            "architecture": search_space.export_architecture(trainer.model),
-            "arch_weights": {k: softmax(v).tolist() for k, v in alphas.items()},
-            "metrics": metrics})
+        record = {"epoch": state.epoch,
+                  "architecture": search_space.export_architecture(trainer.model),
+                  "arch_weights": {k: softmax(v).tolist() for k, v in alphas.items()},
+                  "metrics": metrics}
+        if seconds is not None:
+            record["monitor_seconds"] = seconds
+        if stop is not None:
+            record["early_stop"] = stop
+        run_lib.write_json(workdir / f"epoch_{state.epoch}.json", record)
         run_lib.write_jsonl_line(workdir / "alphas.jsonl", {
             "epoch": state.epoch, "step": state.global_step,
             "alphas": {k: v.tolist() for k, v in alphas.items()}})
         if hasattr(trainer.model, "genotype"):  # the supernet: draw the cells it encodes now
-            from darts_tf import plot  # pylint: disable=import-outside-toplevel
-
-            plot.plot_genotype(trainer.model.genotype(), workdir / "cells.png",
-                               title=f"epoch {state.epoch}")
+            _plot(trainer.model.genotype(), workdir, f"epoch {state.epoch}")
     _summarize_epoch(trainer, state.global_step, metrics, alphas)
-    epoch_line(state.epoch, {k: metrics[k] for k in METRICS})
+    epoch_line(state.epoch, {k: metrics[k] for k in (*METRICS, *MONITOR) if k in metrics})
+    if stop is not None:
+        logger.info("Early stop: %s; the result is the architecture of epoch %d.",
+                    stop["message"], stop["architecture_epoch"])
     state.next_epoch()
     return metrics
+
+
+def _plot(genotype, workdir: Path, title: str) -> None:
+    from darts_tf import plot  # pylint: disable=import-outside-toplevel
+
+    plot.plot_genotype(genotype, workdir / "cells.png", title=title)
 
 
 def _summarize_epoch(trainer: SearchTrainer, step: int, metrics: dict, alphas) -> None:
     """TensorBoard: epoch metrics and learning rate; every alpha's softmax weight per op."""
     for key in (*METRICS, "w_lr"):
         tf.summary.scalar(f"epoch/{key}", metrics[key], step=step)
+    for key in MONITOR:
+        if key in metrics:
+            tf.summary.scalar(f"monitor/{key}", metrics[key], step=step)
     primitives = getattr(trainer.model, "primitives", None)
     for name, values in alphas.items():
         weights = softmax(values)

@@ -13,8 +13,19 @@
 
 Every update is applied in cross-replica context to all-reduced values, so the
 replicas stay bitwise identical whatever the variables' aggregation.
+
+Two options change the step (README "Collapse: watching and guarding a search"):
+- weights-only warm-up (`arch_start_epoch`): before that epoch `step` runs a second
+  traced step that has no architecture step (each step function is traced once: two
+  traces in a run with a warm-up, never one per epoch); it still reports L_val at the
+  current values (one forward pass) so that the epoch metrics stay comparable.
+- SDARTS-RS (`sdarts_epsilon` = e > 0; Chen & Hsieh, ICML 2020): the weight step sees
+  alpha + U(-e, e), drawn by a stateless generator seeded with (config.seed, step), so
+  every replica, a rerun and a resumed run draw the same noise.
 """
 from __future__ import annotations
+
+import functools
 
 import keras
 import numpy as np
@@ -71,77 +82,108 @@ class SearchTrainer:
                               beta_1=config.alpha_beta1, beta_2=config.alpha_beta2,
                               epsilon=1e-8, weight_decay=config.alpha_weight_decay)
             self.lr = tf.Variable(config.learning_rate(0), trainable=False, name="w_lr")
-            # 1.0 when this epoch updates the alphas (config.arch_start_epoch; set_epoch sets
-            # it). A float, as w_lr: every strategy broadcasts and mirrors float variables.
-            self.arch_on = tf.Variable(float(config.arch_start_epoch == 0), trainable=False,
-                                       name="arch_on")
+            # The run's global step, for the SDARTS noise seed: not checkpointed, the loop sets
+            # it from the run state (`set_step`) and each step adds one.
+            self.steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="search_steps")
         self.growth_steps = 2000
         self.step_traces = 0
-        replica_step = self._replica_step
+        self.arch_active = config.arch_start_epoch == 0
+        self._replica_fns = {"full": self._replica_step, "warmup": self._replica_warmup_step}
         if config.jit_compile:
-            replica_step = tf.function(replica_step, jit_compile=True, autograph=False)
-        self._replica_fn = replica_step
+            self._replica_fns = {k: tf.function(f, jit_compile=True, autograph=False)
+                                 for k, f in self._replica_fns.items()}
         # No tensor-dependent Python control flow in the step: AutoGraph would only slow tracing.
-        self._step = tf.function(self._distributed_step, autograph=False)
+        # The warm-up step is traced only if a warm-up epoch runs in this process.
+        self._steps = {kind: tf.function(functools.partial(self._distributed_step, kind),
+                                         autograph=False) for kind in self._replica_fns}
 
     def set_epoch(self, epoch: int) -> float:
-        """Sets the weight learning rate (and xi) for `epoch`; returns it.
-
-        Also whether the epoch updates the alphas (from `arch_start_epoch` on), and a
-        DARTS- supernet's `skip_beta` (`darts_tf.methods.skip_beta`: linear from 1 to 0).
-        """
+        """Sets the weight learning rate (and xi) for `epoch`, whether its steps update the
+        architecture (from `arch_start_epoch` on) and a DARTS- supernet's `skip_beta`
+        (`darts_tf.methods.skip_beta`: linear from 1 towards 0); returns the learning rate."""
         lr = self.config.learning_rate(epoch)
         self.lr.assign(lr)
-        self.arch_on.assign(float(epoch >= self.config.arch_start_epoch))
+        self.arch_active = epoch >= self.config.arch_start_epoch
         if getattr(self.model, "skip_beta", None) is not None:
             from darts_tf import methods  # pylint: disable=import-outside-toplevel
 
             self.model.skip_beta.assign(methods.skip_beta(epoch, self.config.epochs))
         return lr
 
+    def set_step(self, global_step: int) -> None:
+        """Sets the step counter that seeds the SDARTS noise (after a restore)."""
+        self.steps.assign(global_step)
+
     def step(self, train_batch, val_batch) -> dict:
         """One search step on distributed (per-replica) batches; returns global-batch metrics."""
         with distribute.graph_optimization(self.graph_mode):
-            return self._step(train_batch, val_batch)
+            return self._steps["full" if self.arch_active else "warmup"](train_batch, val_batch)
 
-    def _distributed_step(self, train_batch, val_batch):
+    def _distributed_step(self, kind, train_batch, val_batch):
         self.step_traces += 1  # Python side effect: runs only while tracing.
-        per_replica = self.strategy.run(self._replica_fn, args=(train_batch, val_batch))
-        return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-                for k, v in per_replica.items()}
+        per_replica = self.strategy.run(self._replica_fns[kind], args=(train_batch, val_batch))
+        metrics = {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                   for k, v in per_replica.items()}
+        with tf.control_dependencies(list(metrics.values())):
+            self.steps.assign_add(1)
+        return metrics
 
     def _replica_step(self, train_batch, val_batch):
         """Runs on each replica: the architecture step, then the weight step."""
         arch = self.architect
-        alphas = arch.arch_variables
         # Architecture step (Adam adds the coupled weight decay after the all-reduce).
         buffers = [tf.convert_to_tensor(b) for b in self.w_opt.momentum_buffers]
         result = arch.gradients(train_batch, val_batch, lr=self.lr, momentum_buffers=buffers)
         arch_ok = self._all_finite(result.grads)
-        self.a_opt.apply(result.grads, alphas, apply_if=self._arch_update_if(arch_ok))
+        self.a_opt.apply(result.grads, arch.arch_variables, apply_if=arch_ok)
         # Weight step (reads the updated alphas). Its forward pass waits for the architecture
         # step's gradients: nothing else orders the two passes (its convolutions need only the
         # weights), and run side by side both passes' activations would be alive at once.
         with tf.control_dependencies(result.grads):
             train_batch = (tf.identity(train_batch[0]), train_batch[1])
+        metrics, weights_ok = self._weight_step(train_batch)
+        self._update_loss_scale(arch_ok, weights_ok)
+        return {**metrics, "val_loss": result.val_loss,
+                "val_accuracy": self._correct(result.val_logits, val_batch[1])}
+
+    def _replica_warmup_step(self, train_batch, val_batch):
+        """Runs on each replica in a weights-only warm-up epoch: L_val at the current values
+        (a forward pass, for the metrics), then the weight step."""
+        w, a, nt = self.architect.read_values()
+        val_loss, val_logits, _ = self.architect.loss(w, a, nt, val_batch)
+        with tf.control_dependencies([val_loss]):
+            train_batch = (tf.identity(train_batch[0]), train_batch[1])
+        metrics, weights_ok = self._weight_step(train_batch)
+        self._update_loss_scale(weights_ok, weights_ok)
+        return {**metrics, "val_loss": val_loss,
+                "val_accuracy": self._correct(val_logits, val_batch[1])}
+
+    def _weight_step(self, train_batch):
+        """SGD on the weights (at the alphas, perturbed under SDARTS-RS); batch-norm statistics."""
+        arch = self.architect
         w, a, nt = arch.read_values()
+        if self.config.sdarts_epsilon:
+            a = self.perturbed(a)
         loss, logits, new_nt, w_grads = arch.loss_and_grads(w, a, nt, train_batch, "w")
         weights_ok = self._all_finite(w_grads)
         self.w_opt.apply(w_grads, arch.weight_variables, self.lr, apply_if=weights_ok)
         self._update_non_trainables(new_nt)
-        self._update_loss_scale(arch_ok, weights_ok)
-        return {"loss": loss, "accuracy": self._correct(logits, train_batch[1]),
-                "val_loss": result.val_loss,
-                "val_accuracy": self._correct(result.val_logits, val_batch[1])}
+        return {"loss": loss, "accuracy": self._correct(logits, train_batch[1])}, weights_ok
 
-    def _arch_update_if(self, arch_ok):
-        """Whether to apply the architecture step: finite gradients, and from arch_start_epoch
-        on. Before it the gradients are computed and dropped (Adam's state stays as it is):
-        one traced step serves every epoch. Without a start epoch: arch_ok, as before."""
-        if not self.config.arch_start_epoch:
-            return arch_ok
-        arch_on = tf.convert_to_tensor(self.arch_on) > 0.5
-        return arch_on if arch_ok is None else tf.logical_and(arch_ok, arch_on)
+    def perturbed(self, alphas, step=None):
+        """SDARTS-RS: alpha + U(-e, e) per element, e = `sdarts_epsilon`.
+
+        Stateless: the seed is (config.seed, step) folded with the variable's position, so
+        the noise is a function of the run and the step only (the same on every replica, in
+        a rerun and after a resume). `step`: default the trainer's step counter.
+        """
+        step = tf.convert_to_tensor(self.steps) if step is None else step
+        seed = tf.stack([tf.constant(self.config.seed, tf.int64), tf.cast(step, tf.int64)])
+        eps = self.config.sdarts_epsilon
+        return [a + tf.random.stateless_uniform(
+                    tf.shape(a), tf.random.experimental.stateless_fold_in(seed, i),
+                    minval=-eps, maxval=eps, dtype=a.dtype)
+                for i, a in enumerate(alphas)]
 
     def _all_finite(self, grads):
         """Whether every replica's gradients are finite (None without loss scaling: no check)."""
