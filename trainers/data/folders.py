@@ -128,100 +128,101 @@ def _shown(paths) -> str:
     return ", ".join(paths[:_SHOWN]) + more
 
 
-def _layout(root: str | None) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
-    """(class names, {split: [(path, label)]}) before decoding; DataError for a bad layout."""
+def _layout(root: str | None) -> tuple[list[str], str, dict]:
+    """(class names, the classes' folder, {"train": [(path, label)], "test": the same or
+    None: to be split}) before decoding; DataError for a bad layout."""
     if not root:
         raise DataError("dataset='folder' needs data_dir: a directory with one sub-folder "
-                          "of images per class.")
+                        "of images per class.")
     if not os.path.isdir(root):
         raise DataError(f"Image folder {root} does not exist (data_dir={root!r}).")
-    subdirs = _class_dirs(root)
-    if "train" in subdirs:
-        classes = _class_dirs(os.path.join(root, "train"))
-        train = _listing(os.path.join(root, "train"), classes)
-        if "test" in subdirs:
-            extra = sorted(set(_class_dirs(os.path.join(root, "test"))) - set(classes))
-            if extra:
-                raise DataError(f"{os.path.join(root, 'test')} has classes {extra} that "
-                                  f"{os.path.join(root, 'train')} does not have.")
-            test = _listing(os.path.join(root, "test"), classes)
-        else:
-            train, test = _split(root, train)
+    where, test = root, None
+    if "train" in _class_dirs(root):
         where = os.path.join(root, "train")
-    else:
-        classes = subdirs
-        train, test = _split(root, _listing(root, classes))
-        where = root
+    classes = _class_dirs(where)
     if not classes:
         raise DataError(f"Image folder {where} has no class sub-folders: put each class's "
-                          f"images ({', '.join(EXTENSIONS)}) in a sub-folder named after it.")
+                        f"images ({', '.join(EXTENSIONS)}) in a sub-folder named after it.")
+    train = _listing(where, classes)
+    if where != root and os.path.isdir(os.path.join(root, "test")):
+        extra = sorted(set(_class_dirs(os.path.join(root, "test"))) - set(classes))
+        if extra:
+            raise DataError(f"{os.path.join(root, 'test')} has classes {extra} that {where} "
+                            "does not have.")
+        test = _listing(os.path.join(root, "test"), classes)
     if not train:
         raise DataError(f"Image folder {where} holds no images ({', '.join(EXTENSIONS)}) "
-                          f"in its class sub-folders {classes}.")
+                        f"in its class sub-folders {classes}.")
     if len(classes) < 2:
         raise DataError(f"Image folder {where} has a single class ({classes[0]!r}); a "
-                          "classifier needs at least two class sub-folders.")
-    empty = [c for label, c in enumerate(classes) if not any(lab == label for _, lab in train)]
-    if empty:
-        raise DataError(f"Image folder {where}: the class sub-folders {empty} hold no "
-                          f"training images ({', '.join(EXTENSIONS)}).")
-    # The stored training order is a fixed shuffle (classes mixed): the search's two halves
-    # are its first and second half.
-    train = sorted(train, key=lambda example: _split_key(root, example[0]))
-    return classes, {"train": train, "test": test}
+                        "classifier needs at least two class sub-folders.")
+    return classes, where, {"train": train, "test": test}
+
+
+def _statistics(image, size) -> tuple[int, np.ndarray, np.ndarray]:
+    """(pixels, per-channel sum, sum of squares) of an image as the model sees it."""
+    channels = 1 if image.shape[-1] in (1, 2) else 3
+    pixels = to_model_image(image, channels, size).numpy().reshape(-1, channels)
+    pixels = pixels.astype(np.float64) / 255.0
+    return len(pixels), pixels.sum(0), (pixels ** 2).sum(0)
 
 
 @functools.lru_cache(maxsize=8)
 def scan(root: str | None, image_size: int | None) -> Folder:
-    """Lists and decodes every image of the folder once (cached per process).
+    """Lists and decodes every image of the folder once (cached per process), splits the
+    readable ones and computes the training split's statistics.
 
     Raises:
-      DataError: a missing or empty directory, a single class, mixed grey and colour
-        images, or different image sizes with image_size=None; each names the path(s).
+      DataError: a missing or empty directory, a single class, a class without training
+        images, mixed grey and colour images, or different image sizes with
+        image_size=None; each names the path(s).
     """
-    classes, listed = _layout(root)
+    classes, where, listed = _layout(root)
     size = None if image_size is None else (image_size, image_size)
-    kept, skipped, shapes = {}, [], {}
-    sums = {c: [0.0, np.zeros(c), np.zeros(c)] for c in (1, 3)}  # count, sum, sum of squares
+    kept, skipped, shapes, sums = {}, [], {}, {}
     for split, examples in listed.items():
         kept[split] = []
-        for path, label in examples:
+        for path, label in examples or ():
             image = _decoded(path)
             if image is None or len(image.shape) != 3 or 0 in image.shape:
                 skipped.append(path)
                 continue
             shapes[path] = tuple(int(d) for d in image.shape)
             kept[split].append((path, label))
-            if split == "train":  # statistics as the model sees the image (one pass)
-                channels = 1 if image.shape[-1] in (1, 2) else 3
-                pixels = to_model_image(image, channels, size).numpy().reshape(-1, channels)
-                pixels = pixels.astype(np.float64) / 255.0
-                acc = sums[channels]
-                acc[0] += len(pixels)
-                acc[1] += pixels.sum(0)
-                acc[2] += (pixels ** 2).sum(0)
+            if split == "train":
+                sums[path] = _statistics(image, size)
     if skipped:
         logger.warning("Skipped %d unreadable or corrupt image file(s) in %s: %s",
                        len(skipped), root, _shown(skipped))
     if not kept["train"]:
         raise DataError(f"Image folder {root}: none of its {len(skipped)} image files "
-                          f"could be decoded ({_shown(skipped)}).")
+                        f"could be decoded ({_shown(skipped)}).")
+    if listed["test"] is None:
+        kept["train"], kept["test"] = _split(root, kept["train"])
+    empty = [c for label, c in enumerate(classes)
+             if not any(lab == label for _, lab in kept["train"])]
+    if empty:
+        raise DataError(f"Image folder {where}: the class sub-folders {empty} hold no "
+                        f"readable training images ({', '.join(EXTENSIONS)}).")
     grey = [p for p, s in shapes.items() if s[-1] in (1, 2)]
     colour = [p for p, s in shapes.items() if s[-1] in (3, 4)]
     if grey and colour:
         raise DataError(f"Image folder {root} mixes grayscale images ({_shown(grey)}) and "
-                          f"colour images ({_shown(colour)}); convert them to one kind.")
-    channels = 1 if grey else 3
+                        f"colour images ({_shown(colour)}); convert them to one kind.")
     sizes = {s[:2]: p for p, s in shapes.items()}
     if image_size is None and len(sizes) > 1:
         (a, pa), (b, pb) = list(sizes.items())[:2]
         raise DataError(f"Image folder {root} has images of different sizes ({pa}: {a}, "
-                          f"{pb}: {b}); set image_size to resize them all.")
-    count, total, squares = sums[channels]
-    mean = total / count
-    std = np.sqrt(np.maximum(squares / count - mean ** 2, 0.0))
+                        f"{pb}: {b}); set image_size to resize them all.")
+    train_sums = [sums[p] for p, _ in kept["train"]]
+    count = sum(n for n, _, _ in train_sums)
+    mean = sum(t for _, t, _ in train_sums) / count
+    std = np.sqrt(np.maximum(sum(q for _, _, q in train_sums) / count - mean ** 2, 0.0))
+    # The stored training order is a fixed shuffle (classes mixed): the search's two halves
+    # are its first and second half.
+    kept["train"].sort(key=lambda example: _split_key(root, example[0]))
     height, width = size or next(iter(sizes))
     splits = {split: (tuple(p for p, _ in rows), tuple(lab for _, lab in rows))
               for split, rows in kept.items()}
-    return Folder(root, tuple(classes), splits, tuple(skipped), (height, width, channels),
+    return Folder(root, tuple(classes), splits, tuple(skipped), (height, width, 1 if grey else 3),
                   tuple(float(m) for m in mean), tuple(float(max(s, 1e-3)) for s in std))

@@ -59,7 +59,7 @@ def _data_for(spec, dataset, data_dir, split, batch_size, limit, raw):
     from trainers.deploy.tflite import data_image_size  # pylint: disable=import-outside-toplevel
 
     dataset = dataset or spec.name
-    image_size = data_image_size(spec) if dataset == "folder" else None
+    image_size = data_image_size(spec, dataset)
     evaluated = data.get_spec(dataset, data_dir, image_size)
     if spec.class_names and evaluated.class_names and (
             tuple(spec.class_names) != tuple(evaluated.class_names)):

@@ -55,9 +55,9 @@ def model_spec(saved_model, dataset: str | None = None,
     return data.get_spec(dataset, data_dir)
 
 
-def data_image_size(spec: data.DataSpec) -> int | None:
-    """The image_size argument that gives a model's input size from its data set."""
-    return spec.image_shape[0] if spec.name == "folder" else None
+def data_image_size(spec: data.DataSpec, dataset: str) -> int | None:
+    """The image_size argument that gives `dataset` images of the model's input size."""
+    return spec.image_shape[0] if dataset == "folder" else None
 
 
 def raw_image_model(serve, spec: data.DataSpec) -> tf.types.experimental.ConcreteFunction:
@@ -107,7 +107,7 @@ def export_tflite(saved_model, output, quantize: str = "none", *, dataset: str |
         name = dataset or spec.name
         images = data.eval_data(name, batch_size=1, split="train", data_dir=data_dir,
                                 limit=representative_examples, raw=True,
-                                image_size=data_image_size(spec))
+                                image_size=data_image_size(spec, name))
         converter.representative_dataset = lambda: ([x] for x, _ in images)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     content = converter.convert()
