@@ -29,3 +29,10 @@ def write_digits_folder(root, per_class: int = 12, size: int = 16, mode: str = "
     if corrupt:
         (root / "1" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     return root
+
+
+if __name__ == "__main__":  # python tests/image_folders.py DIR [PER_CLASS]: a sample folder
+    import sys
+
+    write_digits_folder(sys.argv[1], per_class=int(sys.argv[2]) if len(sys.argv) > 2 else 40,
+                        size=32, corrupt=False)

@@ -10,9 +10,9 @@ own seed (`sources.stream_seed`); augmentation uses stateless ops with a
 per-element seed [stream seed, position in the epoch], so the batches are
 byte-identical whatever the parallelism, and a trainer resumes mid-epoch with
 `ds.skip(k)`. In-memory data (digits, the file list of an image folder) is permuted
-with numpy; tfds streams use
-seeded file shuffling plus a tf.data shuffle buffer, into which tf.data also mixes
-TensorFlow's global seed when one is set (the trainers set it from the run seed).
+with numpy; tfds streams use seeded file shuffling plus a tf.data shuffle buffer, into
+which tf.data also mixes TensorFlow's global seed when one is set (the trainers set it
+from the run seed).
 """
 from __future__ import annotations
 

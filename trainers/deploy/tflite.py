@@ -74,7 +74,8 @@ def raw_image_model(serve, spec: data.DataSpec) -> tf.types.experimental.Concret
 
 
 def export_tflite(saved_model, output, quantize: str = "none", *, dataset: str | None = None,
-                  data_dir: str | None = None, representative_examples: int = 200) -> dict:
+                  data_dir: str | None = None, representative_examples: int = 200,
+                  representative_data=None) -> dict:
     """Converts a SavedModel of `darts-retrain` into a LiteRT model that takes raw images.
 
     Args:
@@ -85,6 +86,8 @@ def export_tflite(saved_model, output, quantize: str = "none", *, dataset: str |
         data set stored with the model); `dataset` also stands in for a model exported
         without its data set's spec.
       representative_examples: training images that calibrate int8.
+      representative_data: instead, a callable returning an iterable of uint8 image
+        batches (benchmarks without the data set).
 
     Returns:
       {"output", "sidecar", "quantize", "size_bytes", "input_shape", "class_names"}.
@@ -103,7 +106,10 @@ def export_tflite(saved_model, output, quantize: str = "none", *, dataset: str |
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], loaded)
     if quantize != "none":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if quantize == "int8":
+    if quantize == "int8" and representative_data is not None:
+        converter.representative_dataset = lambda: ([x] for x in representative_data())
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    elif quantize == "int8":
         name = dataset or spec.name
         images = data.eval_data(name, batch_size=1, split="train", data_dir=data_dir,
                                 limit=representative_examples, raw=True,
