@@ -165,3 +165,16 @@ def test_the_spec_round_trips_through_json(grey):
     spec = data.get_spec("folder", str(grey))
     assert data.DataSpec.from_json(spec.to_json()) == spec
     assert json.loads(data.get_spec("digits").to_json())["class_names"][:3] == ["0", "1", "2"]
+
+
+def test_the_tuner_takes_a_folder_as_a_dataset(grey):
+    """DartsTuner.search(train, validation_data=test) with the folder's splits: the search
+    halves come from `search_data_fn` (checked here; a whole tuner run was checked by hand)."""
+    from configs import SearchConfig as Config
+    from trainers.data import search_data_fn
+
+    train = data.eval_data("folder", batch_size=16, split="train", data_dir=str(grey))
+    data_fn, input_shape = search_data_fn(train, None, Config(batch_size=8))
+    weights, alphas = data_fn(0)
+    sizes = [sum(int(y.shape[0]) for _, y in ds) for ds in (weights, alphas)]
+    assert input_shape == (16, 16, 1) and 80 <= sum(sizes) <= 100 and min(sizes) >= 32
