@@ -367,9 +367,11 @@ def export_main(argv=None) -> int:
 
         if not os.path.isdir(saved_model):
             raise OSError(f"No SavedModel directory at {saved_model}.")
-        print(json.dumps(tflite.export_tflite(
-            saved_model, output, fv.quantize, dataset=fv.dataset, data_dir=fv.data_dir,
-            representative_examples=fv.representative_examples), sort_keys=True))
+        with _native_stderr_hidden(fv.verbosity < 1):  # the converter's C++ log lines
+            result = tflite.export_tflite(
+                saved_model, output, fv.quantize, dataset=fv.dataset, data_dir=fv.data_dir,
+                representative_examples=fv.representative_examples)
+        print(json.dumps(result, sort_keys=True))
     return _program("darts-export", export_main.__doc__, define, body, argv,
                     extra=(OSError, ValueError))
 
