@@ -53,6 +53,7 @@ def _untrained(network: str, workdir: Path) -> Path:
                                 num_cells=14, auxiliary=False)
         spec = data.get_spec("imagenet2012")
     model(tf.zeros((1, *spec.image_shape)), training=False)
+    workdir.mkdir(parents=True, exist_ok=True)
     export_model(model, spec, workdir)
     return workdir / "saved_model"
 
