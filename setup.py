@@ -23,6 +23,9 @@ setup(
         "scikit-learn",
         # Cell drawings (PNG) written by the search.
         "matplotlib",
+        # The LiteRT interpreter that runs exported .tflite files (tf.lite.Interpreter is
+        # deprecated in its favour since TF 2.19).
+        "ai-edge-litert",
     ],
     extras_require={"test": ["pytest"]},
     entry_points={
@@ -32,6 +35,8 @@ setup(
             "darts-retrain=trainers.cli:retrain_main",
             "darts-evaluate=trainers.cli:evaluate_main",
             "darts-pipeline=trainers.cli:pipeline_main",
+            "darts-export=trainers.cli:export_main",
+            "darts-predict=trainers.cli:predict_main",
         ],
     },
 )

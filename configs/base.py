@@ -77,6 +77,12 @@ def check_execution(config) -> None:
           config.dataset, "a data set name")
 
 
+def check_image_size(config) -> None:
+    """image_size: None (the images' own size) or a side of at least 8 pixels."""
+    check(config.image_size is None or (is_int(config.image_size) and config.image_size >= 8),
+          "image_size", config.image_size, "None or an integer >= 8 (pixels)")
+
+
 def cosine(lr: float, lr_min: float, epoch: int, epochs: int) -> float:
     """CosineAnnealingLR(T_max=epochs, eta_min=lr_min) at `epoch`, stepped once per epoch."""
     return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2

@@ -10,8 +10,9 @@ Layout is NHWC. Padding is PyTorch's explicit symmetric padding (`padding` pixel
 on each side), not Keras' "same", which pads asymmetrically at stride 2 and so
 computes a different function (reference section 8). Average pooling divides by
 the number of valid (unpadded) elements (`count_include_pad=False`), max pooling
-pads with -inf. Kernels compute in the dtype of `x`: under mixed precision the
-float32 filters are cast, not the activations.
+pads with -inf (as a copy of the border: the same function, and quantizable).
+Kernels compute in the dtype of `x`: under mixed precision the float32 filters are
+cast, not the activations.
 """
 from __future__ import annotations
 
@@ -262,7 +263,11 @@ def pool_3x3(x, mode: str, stride: int = 1) -> tf.Tensor:
         return pool(x, 3, 1, "SAME")
     pads = [[0, 0], [1, 1], [1, 1], [0, 0]]
     if mode == "max":
-        return tf.nn.max_pool2d(tf.pad(x, pads, constant_values=float("-inf")), 3, stride,
+        # Repeating the border row and column never changes a window's max (the copy sits
+        # next to its original, inside the same 3x3 window): the reference's -inf padding,
+        # but quantizable (LiteRT's int8 kernels abort on a -inf pad constant).
+        x = tf.concat([x[:, :1], x, x[:, -1:]], axis=1)
+        return tf.nn.max_pool2d(tf.concat([x[:, :, :1], x, x[:, :, -1:]], axis=2), 3, stride,
                                 "VALID")
     mean = tf.nn.avg_pool2d(tf.pad(x, pads), [1, 3, 3, 1], [1, stride, stride, 1], "VALID")
     # avg_pool2d divided by 9; divide by the valid (unpadded) elements instead.

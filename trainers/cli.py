@@ -197,9 +197,11 @@ def _anticipated() -> tuple:
     return anticipated
 
 
-def _program(name: str, doc: str, define: Callable, body: Callable, argv, extra=()) -> int:
-    """Parses `argv` into fresh flags, runs `body(fv)` and turns anticipated failures into
-    one stderr line and exit status 2. Returns the exit status."""
+def _program(name: str, doc: str, define: Callable, body: Callable, argv, extra=(),
+             positional: bool = False) -> int:
+    """Parses `argv` into fresh flags, runs `body(fv)` (`body(fv, args)` with the positional
+    arguments if `positional`) and turns anticipated failures into one stderr line and exit
+    status 2. Returns the exit status."""
     fv = flags.FlagValues()
     flags.DEFINE_integer("verbosity", 0, "-1: warnings only; 0: progress; 1: also "
                          "TensorFlow's own start-up lines and warnings.", flag_values=fv)
@@ -210,14 +212,14 @@ def _program(name: str, doc: str, define: Callable, body: Callable, argv, extra=
         return 0
     try:
         rest = fv(argv)
-        if len(rest) > 1:
+        if len(rest) > 1 and not positional:
             raise flags.Error(f"unexpected arguments {rest[1:]}")
     except flags.Error as err:
         print(f"{name}: {_one_line(err)} (see {name} --help)", file=sys.stderr)
         return 2
     with _logging(fv.verbosity):
         try:
-            body(fv)
+            body(fv, rest[1:]) if positional else body(fv)
         except _anticipated() + tuple(extra) as err:
             print(f"{name}: {_one_line(err)}", file=sys.stderr)
             return 2
@@ -282,44 +284,120 @@ def retrain_main(argv=None) -> int:
 
 
 def evaluate_main(argv=None) -> int:
-    """darts-evaluate: accuracy, parameters and latency of an exported SavedModel.
+    """darts-evaluate: accuracy, size on disk, latency (and parameters) of an exported model.
 
-    Loads the model with plain `tf.saved_model.load` (darts_tf is not needed); prints one
-    JSON line (and writes it to --output if given)."""
+    --model is a SavedModel directory (darts-retrain's saved_model/, loaded with plain
+    `tf.saved_model.load`, darts_tf is not needed) or a .tflite file of darts-export (run
+    by the LiteRT interpreter on raw uint8 images). The data set, its image size and
+    normalisation default to those stored with the model. Prints one JSON line (and
+    writes it to --output if given): top1, top5, size_bytes, latency_ms_per_image, ..."""
     def define(fv):
-        flags.DEFINE_string("saved_model", None, "SavedModel directory (darts-retrain's "
-                            "saved_model/).", flag_values=fv)
-        flags.DEFINE_string("dataset", "digits", "Data set (trainers/data names).",
+        flags.DEFINE_string("model", None, "SavedModel directory or .tflite file.",
                             flag_values=fv)
+        flags.DEFINE_string("saved_model", None, "SavedModel directory (same as --model).",
+                            flag_values=fv)
+        flags.DEFINE_string("dataset", None, "Data set (trainers/data names; default: the "
+                            "one stored with the model).", flag_values=fv)
         flags.DEFINE_string("split", "test", "Split to evaluate ('test' is ImageNet's "
                             "validation).", flag_values=fv)
         flags.DEFINE_integer("batch_size", 256, "Batch size, also the batch timed for "
                              "latency.", lower_bound=1, flag_values=fv)
-        flags.DEFINE_string("data_dir", None, "TFDS data directory.", flag_values=fv)
+        flags.DEFINE_string("data_dir", None, "TFDS data directory, or the image folder.",
+                            flag_values=fv)
         flags.DEFINE_integer("limit", None, "Evaluate only the first N examples.",
                              lower_bound=1, flag_values=fv)
-        flags.DEFINE_integer("timed_batches", 5, "Calls timed for the median latency.",
-                             lower_bound=1, flag_values=fv)
+        flags.DEFINE_integer("timed_batches", 5, "Calls timed for the median latency of a "
+                             "batch (10x as many for one image).", lower_bound=1,
+                             flag_values=fv)
         flags.DEFINE_string("output", None, "Also write the JSON result to this file.",
                             flag_values=fv)
 
     def body(fv):
-        path = _required(fv, "saved_model")
+        if fv.model and fv.saved_model and fv.model != fv.saved_model:
+            raise ConfigError("Give the model once: --model or --saved_model.")
+        path = fv.model or _required(fv, "saved_model")
         _start_tensorflow(fv.verbosity)
         from trainers.deploy import evaluate  # pylint: disable=import-outside-toplevel
 
-        result = evaluate.evaluate_saved_model(
-            path, fv.dataset, fv.split, fv.batch_size, fv.data_dir, limit=fv.limit,
-            timed_batches=fv.timed_batches)
+        result = evaluate.evaluate(
+            path, dataset=fv.dataset, split=fv.split, batch_size=fv.batch_size,
+            data_dir=fv.data_dir, limit=fv.limit, timed_batches=fv.timed_batches)
         line = json.dumps(result, sort_keys=True)
         print(line)
         if fv.output:
             from trainers.runtime.run import write_text  # pylint: disable=import-outside-toplevel
 
             write_text(fv.output, line + "\n")
-    # A missing or unreadable SavedModel is an OSError; a bad split or an empty one ValueError.
+    # A missing or unreadable model is an OSError; a bad split or an empty one ValueError.
     return _program("darts-evaluate", evaluate_main.__doc__, define, body, argv,
                     extra=(OSError, ValueError))
+
+
+def export_main(argv=None) -> int:
+    """darts-export: a retrained SavedModel as a LiteRT (.tflite) model for phones and boards.
+
+        darts-export --saved_model=runs/digits/retrain/saved_model --output=digits.tflite \\
+            --quantize=int8
+
+    The model takes raw uint8 images (batch, H, W, C) and returns logits; the
+    normalisation is inside it. FILE.json next to FILE.tflite holds the class names and
+    the input shape. --quantize: none (float32), dynamic (int8 weights) or int8 (full
+    integer, calibrated on the training split of --dataset/--data_dir, by default the
+    data set stored with the model). Prints one JSON line."""
+    from trainers.deploy.tflite import QUANTIZE  # pylint: disable=import-outside-toplevel
+
+    def define(fv):
+        flags.DEFINE_string("saved_model", None, "SavedModel directory (darts-retrain's "
+                            "saved_model/).", flag_values=fv)
+        flags.DEFINE_string("output", None, "The .tflite file to write.", flag_values=fv)
+        flags.DEFINE_enum("quantize", "none", list(QUANTIZE), "Quantization.", flag_values=fv)
+        flags.DEFINE_string("dataset", None, "int8's representative data (default: the data "
+                            "set stored with the model).", flag_values=fv)
+        flags.DEFINE_string("data_dir", None, "TFDS data directory, or the image folder.",
+                            flag_values=fv)
+        flags.DEFINE_integer("representative_examples", 200, "Training images that "
+                             "calibrate int8.", lower_bound=1, flag_values=fv)
+
+    def body(fv):
+        saved_model, output = _required(fv, "saved_model"), _required(fv, "output")
+        if not output.endswith(".tflite"):
+            raise ConfigError(f"--output={output!r}: expected a file name ending in .tflite.")
+        _start_tensorflow(fv.verbosity)
+        from trainers.deploy import tflite  # pylint: disable=import-outside-toplevel
+
+        if not os.path.isdir(saved_model):
+            raise OSError(f"No SavedModel directory at {saved_model}.")
+        with _native_stderr_hidden(fv.verbosity < 1):  # the converter's C++ log lines
+            result = tflite.export_tflite(
+                saved_model, output, fv.quantize, dataset=fv.dataset, data_dir=fv.data_dir,
+                representative_examples=fv.representative_examples)
+        print(json.dumps(result, sort_keys=True))
+    return _program("darts-export", export_main.__doc__, define, body, argv,
+                    extra=(OSError, ValueError))
+
+
+def predict_main(argv=None) -> int:
+    """darts-predict --model=PATH IMAGE...: the top-k classes of image files.
+
+    --model is a SavedModel directory of darts-retrain or a .tflite file of darts-export.
+    Images (JPEG, PNG, BMP, GIF, any size) are resized to the model's input. Prints one
+    JSON line per image: {"image", "top_k": [{"class", "probability"}, ...]}."""
+    def define(fv):
+        flags.DEFINE_string("model", None, "SavedModel directory or .tflite file.",
+                            flag_values=fv)
+        flags.DEFINE_integer("top_k", 5, "Classes per image.", lower_bound=1, flag_values=fv)
+
+    def body(fv, images):
+        path = _required(fv, "model")
+        if not images:
+            raise ConfigError("No image files given: darts-predict --model=PATH IMAGE...")
+        _start_tensorflow(fv.verbosity)
+        from trainers.deploy import predict  # pylint: disable=import-outside-toplevel
+
+        for result in predict.predict(path, images, top_k=fv.top_k):
+            print(json.dumps(result))
+    return _program("darts-predict", predict_main.__doc__, define, body, argv,
+                    extra=(OSError, ValueError), positional=True)
 
 
 def pipeline_main(argv=None) -> int:
@@ -343,8 +421,8 @@ def pipeline_main(argv=None) -> int:
                           flag_values=fv)
         flags.DEFINE_list("retrain_set", [], "field=value overrides of the retrain config.",
                           flag_values=fv)
-        flags.DEFINE_string("data_dir", None, "TFDS data directory for both stages.",
-                            flag_values=fv)
+        flags.DEFINE_string("data_dir", None, "TFDS data directory, or the image folder "
+                            "(--config=folder), for both stages.", flag_values=fv)
 
     def body(fv):
         workdir = _required(fv, "workdir")

@@ -2,9 +2,10 @@
 evaluation pipelines (`pipelines`), and the split of in-memory arrays for tuner trials
 (`arrays`).
 
-Data sets: "digits" (scikit-learn's bundled 8x8 digits, offline, the default) and any
+Data sets: "digits" (scikit-learn's bundled 8x8 digits, offline, the default), any
 TFDS image classification data set already prepared in `data_dir` (cifar10, cifar100,
-imagenet2012, ...). Nothing is ever downloaded.
+imagenet2012, ...) and "folder", your own images: `data_dir` holds one sub-folder per
+class (`folders`). Nothing is ever downloaded.
 """
 from trainers.data.arrays import search_data_fn
 from trainers.data.pipelines import (augment_image, eval_data, normalize, random_cutout,

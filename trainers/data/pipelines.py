@@ -9,17 +9,20 @@ Reproducible and resumable: an epoch's order and augmentation depend only on
 own seed (`sources.stream_seed`); augmentation uses stateless ops with a
 per-element seed [stream seed, position in the epoch], so the batches are
 byte-identical whatever the parallelism, and a trainer resumes mid-epoch with
-`ds.skip(k)`. In-memory data (digits) is permuted with numpy; tfds streams use
-seeded file shuffling plus a tf.data shuffle buffer, into which tf.data also mixes
-TensorFlow's global seed when one is set (the trainers set it from the run seed).
+`ds.skip(k)`. In-memory data (digits, the file list of an image folder) is permuted
+with numpy; tfds streams use seeded file shuffling plus a tf.data shuffle buffer, into
+which tf.data also mixes TensorFlow's global seed when one is set (the trainers set it
+from the run seed).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import tensorflow as tf
 
-from trainers.data.sources import AUTOTUNE, DataError, DataSpec, get_spec, source, stream_seed
+from trainers.data.sources import (AUTOTUNE, IN_MEMORY, DataError, DataSpec, get_spec, source,
+                                   stream_seed)
 
 
 def normalize(image: tf.Tensor, mean, std) -> tf.Tensor:
@@ -86,13 +89,13 @@ def _imagenet_eval(image: tf.Tensor) -> tf.Tensor:
     return tf.image.resize_with_crop_or_pad(image, 224, 224)
 
 
-def _plain(spec: DataSpec):
+def _plain(spec: DataSpec, normalize_images: bool = True):
     """Normalisation only (after ImageNet's resize + centre crop); ignores the element seed."""
     def preprocess(image, element_seed=None):
         del element_seed  # deterministic
         if spec.name == "imagenet2012":
             image = _imagenet_eval(image)
-        return normalize(image, spec.mean, spec.std)
+        return normalize(image, spec.mean, spec.std) if normalize_images else image
     return preprocess
 
 
@@ -123,7 +126,8 @@ def _training_batches(ds, decode, preprocess, *, seed, batch_size):
 
 
 def search_data(name: str, *, batch_size: int, seed: int, epoch: int,
-                data_dir: str | None = None, limit: int | None = None):
+                data_dir: str | None = None, limit: int | None = None,
+                image_size: int | None = None):
     """The two halves of the training set for one search epoch, no augmentation.
 
     As quark0/darts train_search.py (train_portion 0.5): the first half trains
@@ -133,14 +137,15 @@ def search_data(name: str, *, batch_size: int, seed: int, epoch: int,
       name: data set name (see `get_spec`).
       batch_size: global batch size (remainders dropped).
       seed, epoch: the order depends only on these.
-      data_dir: TFDS data directory.
+      data_dir: TFDS data directory, or the image folder.
       limit: use only the first `limit` training examples (halves: limit // 2 and the rest).
+      image_size: an image folder's image side (see `get_spec`).
 
     Returns:
       (weights_ds, alphas_ds).
     """
-    spec = get_spec(name, data_dir)
-    if limit is None and name != "digits":
+    spec = get_spec(name, data_dir, image_size)
+    if limit is None and name not in IN_MEMORY:
         halves = ((None, "50%"), ("50%", None))  # tfds split slicing
     else:
         total = spec.num_train if limit is None else min(limit, spec.num_train)
@@ -148,7 +153,7 @@ def search_data(name: str, *, batch_size: int, seed: int, epoch: int,
     result = []
     for stream, (start, stop) in zip(("search/weights", "search/alphas"), halves):
         epoch_seed = stream_seed(stream, seed, epoch)
-        ds, decode = source(name, "train", start, stop, data_dir, epoch_seed)
+        ds, decode = source(name, "train", start, stop, data_dir, epoch_seed, image_size)
         result.append(_training_batches(ds, decode, _plain(spec), seed=epoch_seed,
                                         batch_size=batch_size))
     return tuple(result)
@@ -157,16 +162,17 @@ def search_data(name: str, *, batch_size: int, seed: int, epoch: int,
 def train_data(name: str, *, batch_size: int, seed: int, epoch: int, augment: bool = True,
                crop_padding: int | None = None, flip: bool | None = None,
                cutout: int | None = None,
-               data_dir: str | None = None, limit: int | None = None) -> tf.data.Dataset:
+               data_dir: str | None = None, limit: int | None = None,
+               image_size: int | None = None) -> tf.data.Dataset:
     """The whole training set for one retrain epoch, shuffled and augmented.
 
     Args:
-      name, batch_size, seed, epoch, data_dir, limit: as in `search_data`.
+      name, batch_size, seed, epoch, data_dir, limit, image_size: as in `search_data`.
       augment: False gives normalised images only (still shuffled).
       crop_padding, flip, cutout: override the spec's defaults (0 / False disable).
         ImageNet always uses RandomResizedCrop instead of padding + crop.
     """
-    spec = get_spec(name, data_dir)
+    spec = get_spec(name, data_dir, image_size)
     if augment:
         preprocess = _augmenter(spec, spec.crop_padding if crop_padding is None else crop_padding,
                                 spec.flip if flip is None else flip,
@@ -174,20 +180,37 @@ def train_data(name: str, *, batch_size: int, seed: int, epoch: int, augment: bo
     else:
         preprocess = _plain(spec)
     epoch_seed = stream_seed("train", seed, epoch)
-    ds, decode = source(name, "train", None, limit, data_dir, epoch_seed)
+    ds, decode = source(name, "train", None, limit, data_dir, epoch_seed, image_size)
     return _training_batches(ds, decode, preprocess, seed=epoch_seed,
                              batch_size=batch_size)
 
 
 def eval_data(name: str, *, batch_size: int, split: str = "test", data_dir: str | None = None,
-              limit: int | None = None) -> tf.data.Dataset:
+              limit: int | None = None, image_size: int | None = None,
+              normalization: tuple | None = None, raw: bool = False) -> tf.data.Dataset:
     """A split in its stored order, normalised, the last batch possibly smaller.
 
     `split="test"` is ImageNet's validation split (it has no labelled test split).
+
+    Args:
+      name, batch_size, data_dir, limit, image_size: as in `search_data`.
+      normalization: (mean, std) to use instead of the spec's: an exported model's own
+        (the statistics stored with its run).
+      raw: uint8 images in [0, 255] as a deployed model takes them (ImageNet resized and
+        centre-cropped), not normalised.
     """
-    spec = get_spec(name, data_dir)
-    ds, decode = source(name, split, None, limit, data_dir)
-    preprocess = _plain(spec)
-    ds = ds.map(lambda raw, label: (preprocess(decode(raw)), label),
+    spec = get_spec(name, data_dir, image_size)
+    if normalization is not None:
+        spec = dataclasses.replace(spec, mean=tuple(normalization[0]),
+                                   std=tuple(normalization[1]))
+    ds, decode = source(name, split, None, limit, data_dir, image_size=image_size)
+    preprocess = _plain(spec, normalize_images=not raw)
+    if raw:
+        def to_uint8(image):
+            return tf.cast(tf.clip_by_value(tf.round(image * 255.0), 0, 255), tf.uint8)
+    else:
+        def to_uint8(image):
+            return image
+    ds = ds.map(lambda raw_image, label: (to_uint8(preprocess(decode(raw_image))), label),
                 num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.batch(batch_size).prefetch(AUTOTUNE)

@@ -1,11 +1,13 @@
-"""Where the images come from: data set specs, scikit-learn's digits, and tfds data sets
-prepared on disk (never downloaded), each as (raw image, label) examples.
+"""Where the images come from: data set specs, scikit-learn's digits, tfds data sets
+prepared on disk (never downloaded) and image folders (`folders.py`), each as
+(raw image, label) examples.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import hashlib
+import json
 import os
 
 import numpy as np
@@ -33,6 +35,7 @@ class DataSpec:
       mean, std: per-channel normalisation, on [0,1]-scaled pixels.
       num_train, num_test: split sizes (test = ImageNet's validation split).
       crop_padding, flip, cutout: the default retrain augmentation (0 disables).
+      class_names: the name of each label (exported with the model).
     """
 
     name: str
@@ -45,12 +48,29 @@ class DataSpec:
     crop_padding: int
     flip: bool
     cutout: int
+    class_names: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        """The spec as JSON: stored with a run (data.json) and with its exported models."""
+        fields = dataclasses.asdict(self)
+        fields["class_names"] = list(self.class_names or (str(i) for i in range(self.num_classes)))
+        return json.dumps(fields, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "<string>") -> "DataSpec":
+        try:
+            fields = json.loads(text)
+            fields = {f.name: fields[f.name] for f in dataclasses.fields(cls)}
+        except (ValueError, KeyError, TypeError) as err:
+            raise DataError(f"{source}: not a data set description ({err}).") from None
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 
 
 _KNOWN_SPECS = {spec.name: spec for spec in (
     # mean/std of the 1437 training images /16 (np.mean/np.std over all pixels).
     DataSpec("digits", 10, (8, 8, 1), (0.30538339422407795,), (0.3761191680900195,),
-             1437, 360, crop_padding=1, flip=False, cutout=0),
+             1437, 360, crop_padding=1, flip=False, cutout=0,
+             class_names=tuple(str(i) for i in range(10))),
     # quark0/darts cnn/utils.py _data_transforms_cifar10; cutout 16 as `--cutout`.
     DataSpec("cifar10", 10, (32, 32, 3), (0.49139968, 0.48215827, 0.44653124),
              (0.24703233, 0.24348505, 0.26158768), 50_000, 10_000,
@@ -114,17 +134,30 @@ def _feature_keys(info, name: str) -> tuple[str, str]:
     return keys
 
 
-def get_spec(name: str, data_dir: str | None = None) -> DataSpec:
+def get_spec(name: str, data_dir: str | None = None, image_size: int | None = None) -> DataSpec:
     """Returns the spec of data set `name`; known data sets need no data on disk.
 
     Args:
-      name: "digits", "cifar10", "cifar100", "imagenet2012" or any TFDS image
-        classification data set prepared in `data_dir`.
-      data_dir: TFDS data directory (default ~/tensorflow_datasets).
+      name: "digits", "cifar10", "cifar100", "imagenet2012", "folder" (an image folder,
+        `folders.py`) or any TFDS image classification data set prepared in `data_dir`.
+      data_dir: TFDS data directory (default ~/tensorflow_datasets); the image folder.
+      image_size: "folder" only: the side its images are resized to (None: their own).
 
     Raises:
-      DataError: unknown name, not prepared, or not an image classification set.
+      DataError: unknown name, not prepared, not an image classification set, or an
+        unusable image folder (the message names the path).
     """
+    if name == "folder":
+        from trainers.data import folders  # pylint: disable=import-outside-toplevel
+
+        found = folders.scan(data_dir, image_size)
+        return DataSpec("folder", len(found.class_names), found.image_shape, found.mean,
+                        found.std, len(found.splits["train"][0]), len(found.splits["test"][0]),
+                        crop_padding=max(1, found.image_shape[0] // 8), flip=True, cutout=0,
+                        class_names=found.class_names)
+    if image_size is not None:
+        raise DataError(f"image_size={image_size} applies to dataset='folder' only; "
+                        f"{name!r} has images of a fixed size (set image_size=None).")
     if name in _KNOWN_SPECS:
         return _KNOWN_SPECS[name]
     info = _builder(name, data_dir).info
@@ -138,9 +171,10 @@ def get_spec(name: str, data_dir: str | None = None) -> DataSpec:
     test = _resolve_split("test", info.splits)
     num_test = info.splits[test].num_examples if test in info.splits else 0
     channels = shape[-1]
+    names = tuple(getattr(info.features[label_key], "names", None) or ())
     return DataSpec(name, int(info.features[label_key].num_classes), shape,
                     (0.5,) * channels, (0.5,) * channels, info.splits["train"].num_examples,
-                    num_test, crop_padding=0, flip=True, cutout=0)
+                    num_test, crop_padding=0, flip=True, cutout=0, class_names=names)
 
 
 def _absent_error(name: str, data_dir: str | None, manual: bool = False) -> DataError:
@@ -165,20 +199,38 @@ def stream_seed(stream: str, seed: int, epoch: int) -> int:
     return int.from_bytes(digest[:8], "little") % (2**31 - 1)
 
 
-def source(name, split, start, stop, data_dir, shuffle_seed=None):
+IN_MEMORY = ("digits", "folder")  # examples listed in memory: sliced and permuted by index
+
+
+def source(name, split, start, stop, data_dir, shuffle_seed=None, image_size=None):
     """(dataset of (raw image, int32 label), decode: raw -> float32 [0,1] image).
 
     Keeps examples [start, stop) of `split`; with shuffle_seed, in a seeded order.
+    A folder's raw image is its file path (decoded, resized to `image_size`, in `decode`).
     """
-    if name == "digits":
+    if name in IN_MEMORY:
         if split not in ("train", "test"):
-            raise DataError(f"digits has splits 'train' and 'test'; received split={split!r}.")
-        images, labels = digits_arrays()[0 if split == "train" else 1]
+            raise DataError(f"{name} has splits 'train' and 'test'; received split={split!r}.")
+        if name == "digits":
+            images, labels = digits_arrays()[0 if split == "train" else 1]
+            decode = lambda image: image  # noqa: E731  (already [0, 1] floats)
+        else:
+            from trainers.data import folders  # pylint: disable=import-outside-toplevel
+
+            found = folders.scan(data_dir, image_size)
+            images, labels = (np.asarray(a) for a in found.splits[split])
+            labels = labels.astype(np.int32)
+            size = None if image_size is None else (image_size, image_size)
+
+            def decode(path):
+                image = folders.decode_file(path, found.image_shape[-1], size)
+                image.set_shape(found.image_shape)  # the same for all (folders.scan checks)
+                return tf.image.convert_image_dtype(image, tf.float32)
         images, labels = images[start:stop], labels[start:stop]
         if shuffle_seed is not None:
             order = np.random.default_rng(shuffle_seed).permutation(len(labels))
             images, labels = images[order], labels[order]
-        return tf.data.Dataset.from_tensor_slices((images, labels)), lambda image: image
+        return tf.data.Dataset.from_tensor_slices((images, labels)), decode
 
     tfds = _tfds()
     builder = _builder(name, data_dir)

@@ -1,2 +1,4 @@
-"""Stage 3, deployment: the exporter (`export.py`: model.keras + SavedModel) and the
-evaluation of an exported model (`evaluate.py`: accuracy, parameters, latency)."""
+"""Stage 3, deployment: the exporter (`export.py`: model.keras + SavedModel with its data
+set's spec), the evaluation of an exported model (`evaluate.py`: accuracy, size, latency),
+the LiteRT export and interpreter (`tflite.py`) and predictions for image files
+(`predict.py`)."""

@@ -3,7 +3,8 @@
     run(configs.retrain.digits().replace(genotype="DARTS_V2"), "/tmp/retrain")
 
 writes into the work directory `config.json` (resolved config), `genotype.json`
-(the genotype trained, our JSON), `metrics.jsonl` (one line per epoch: train
+(the genotype trained, our JSON), `data.json` (the data set's spec: image shape,
+normalisation statistics, class names; also exported with the model), `metrics.jsonl` (one line per epoch: train
 loss/accuracy, test top-1/top-5, lr, drop path), `tensorboard/`, `checkpoints/`
 (resumable: the same command continues after a kill), and at the end
 `model.keras`, `saved_model/` (`trainers.deploy.export`, served without darts_tf)
@@ -95,7 +96,7 @@ def prepare(config, workdir, data_fn=None, eval_fn=None) -> Setup:
         genotype = load_genotype(config.genotype)
     except GenotypeError as err:
         raise ConfigError(f"Invalid config value genotype={config.genotype!r}: {err}") from None
-    spec = data.get_spec(config.dataset, config.data_dir)
+    spec = data.get_spec(config.dataset, config.data_dir, config.image_size)
     pooled = _auxiliary_pool_size(config, min(spec.image_shape[:2]))
     if config.auxiliary and pooled != 2:
         raise ConfigError(
@@ -103,7 +104,8 @@ def prepare(config, workdir, data_fn=None, eval_fn=None) -> Setup:
             f"pools to 2x2 (CIFAR: 32x32 input, ImageNet: 224x224), and {config.dataset} "
             f"images {spec.image_shape[:2]} give {pooled}x{pooled}; set auxiliary=False.")
     workdir = Path(workdir)
-    run_lib.check_same_run(config, workdir, {"genotype.json": genotype.to_json()})
+    run_lib.check_same_run(config, workdir, {"genotype.json": genotype.to_json(),
+                                             "data.json": spec.to_json()})
     network = NetworkImageNet if config.network == "imagenet" else NetworkCIFAR
     model_fn = functools.partial(
         network, genotype, num_classes=spec.num_classes, init_channels=config.init_channels,
@@ -112,10 +114,10 @@ def prepare(config, workdir, data_fn=None, eval_fn=None) -> Setup:
     data_fn = data_fn or (lambda epoch: data.train_data(
         config.dataset, batch_size=config.batch_size, seed=config.seed, epoch=epoch,
         augment=config.augment, cutout=config.cutout, data_dir=config.data_dir,
-        limit=config.data_limit))
+        limit=config.data_limit, image_size=config.image_size))
     eval_fn = eval_fn or (lambda: data.eval_data(
         config.dataset, batch_size=config.eval_batch_size, split="test",
-        data_dir=config.data_dir))
+        data_dir=config.data_dir, image_size=config.image_size))
     return Setup(config, spec, genotype, model_fn, data_fn, eval_fn)
 
 
@@ -131,6 +133,7 @@ def _run(setup: Setup, workdir: Path) -> RetrainResult:
         workdir.mkdir(parents=True, exist_ok=True)
         run_lib.write_json(workdir / "config.json", config.to_dict())
         run_lib.write_text(workdir / "genotype.json", setup.genotype.to_json())
+        run_lib.write_text(workdir / "data.json", spec.to_json())
     resumed_from = state.restore()
     # Epoch lines written after that checkpoint are written again.
     history = run_lib.read_jsonl(workdir / "metrics.jsonl", before_epoch=state.epoch)
@@ -194,6 +197,6 @@ def _finish(trainer: RetrainTrainer, state: run_lib.RunState, history, spec) -> 
              "params_with_auxiliary": model.count_params(include_auxiliary=True),
              "dataset": trainer.config.dataset}
     if state.chief:
-        export_model(model, spec.image_shape, state.workdir)
+        export_model(model, spec, state.workdir)
         run_lib.write_json(state.workdir / "final_metrics.json", final)
     return final

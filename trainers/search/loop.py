@@ -3,7 +3,7 @@
     run(configs.search.digits().replace(epochs=2), "/tmp/search")
 
 writes into the work directory `config.json` (the resolved config),
-`epoch_{N}.json` (architecture, softmaxed alphas and metrics after epoch N,
+`data.json` (the data set's spec: normalisation, class names), `epoch_{N}.json` (architecture, softmaxed alphas and metrics after epoch N,
 counted from 0 as NNI does), `alphas.jsonl` (the raw alphas after every
 epoch), `cells.png` (the supernet's cells, redrawn every epoch), `tensorboard/`,
 `checkpoints/` (resumable state) and finally `genotype.json` (the supernet's
@@ -70,16 +70,26 @@ def run(config: SearchConfig, workdir: str, model_fn=None, data_fn=None) -> Sear
       DivergedError: the loss became NaN/inf; no checkpoint is written after that step.
     """
     config = SearchConfig.coerce(config)
-    run_lib.check_same_run(config, workdir)
+    files = {} if data_fn else _data_files(config)
+    run_lib.check_same_run(config, workdir, files)
     with distribute.op_determinism(config.deterministic):
-        return _run(config, Path(workdir), model_fn, data_fn)
+        return _run(config, Path(workdir), model_fn, data_fn, files)
+
+
+def _data_files(config: SearchConfig) -> dict[str, str]:
+    """{"data.json": the data set's spec}: its normalisation and class names, kept with
+    the run (a resumed run on changed data is refused)."""
+    from trainers import data  # pylint: disable=import-outside-toplevel
+
+    return {"data.json": data.get_spec(config.dataset, config.data_dir,
+                                       config.image_size).to_json()}
 
 
 def _default_model_fn(config: SearchConfig):
     import darts_tf  # pylint: disable=import-outside-toplevel
     from trainers import data  # pylint: disable=import-outside-toplevel
 
-    spec = data.get_spec(config.dataset, config.data_dir)
+    spec = data.get_spec(config.dataset, config.data_dir, config.image_size)
     return functools.partial(
         darts_tf.Supernet, num_classes=spec.num_classes, init_channels=config.init_channels,
         num_cells=config.num_cells, num_nodes=config.num_nodes,
@@ -92,7 +102,7 @@ def _default_data_fn(config: SearchConfig):
 
     return lambda epoch: data.search_data(
         config.dataset, batch_size=config.batch_size, seed=config.seed, epoch=epoch,
-        data_dir=config.data_dir, limit=config.data_limit)
+        data_dir=config.data_dir, limit=config.data_limit, image_size=config.image_size)
 
 
 @dataclasses.dataclass
@@ -105,9 +115,9 @@ class _Search:
     resumed_from: int | None
 
 
-def _run(config: SearchConfig, workdir: Path, model_fn, data_fn) -> SearchResult:
+def _run(config: SearchConfig, workdir: Path, model_fn, data_fn, files) -> SearchResult:
     data_fn = data_fn or _default_data_fn(config)
-    search = _prepare(config, workdir, model_fn, data_fn)
+    search = _prepare(config, workdir, model_fn, data_fn, files)
     trainer, state = search.trainer, search.state
     history = [_read_json(workdir / f"epoch_{e}.json")["metrics"] for e in range(state.epoch)
                ] if state.chief else []
@@ -123,8 +133,9 @@ def _run(config: SearchConfig, workdir: Path, model_fn, data_fn) -> SearchResult
                         search.stopping.stop_record)
 
 
-def _prepare(config: SearchConfig, workdir: Path, model_fn, data_fn) -> _Search:
-    """Builds the trainer, the guards and the run state; writes config.json; restores."""
+def _prepare(config: SearchConfig, workdir: Path, model_fn, data_fn, files=None) -> _Search:
+    """Builds the trainer, the guards and the run state; writes config.json (and `files`,
+    {name: text}, e.g. data.json); restores."""
     keras.utils.set_random_seed(config.seed)
     strategy = distribute.make_strategy(config.strategy)
     model_fn = model_fn or _default_model_fn(config)
@@ -141,6 +152,8 @@ def _prepare(config: SearchConfig, workdir: Path, model_fn, data_fn) -> _Search:
     if state.chief:
         workdir.mkdir(parents=True, exist_ok=True)
         run_lib.write_json(workdir / "config.json", config.to_dict())
+        for name, text in (files or {}).items():
+            run_lib.write_text(workdir / name, text)
     resumed_from = state.restore()
     trainer.set_step(state.global_step)
     if resumed_from is None:
