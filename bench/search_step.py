@@ -87,7 +87,8 @@ def run_one(order: str, batch: int, steps: int, model: str = "reference") -> dic
     peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     # Counted after the timing and the memory (it retraces nothing: the graph is cached).
     train, val = batch_pair()
-    flops, _ = graph_flops.count_flops(trainer._step.get_concrete_function(train, val))  # pylint: disable=protected-access
+    step_fn = trainer._steps["full"]  # pylint: disable=protected-access  (the traced step)
+    flops, _ = graph_flops.count_flops(step_fn.get_concrete_function(train, val))
     gflop = flops / 1e9
     macs = darts_tf.count_multiply_adds(model_fn(), shape)["total"]
     return {"config": description, "order": order, "batch": batch,
