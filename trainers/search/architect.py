@@ -241,17 +241,24 @@ class Architect:
             w_virtual.append(v - xi * (mu * tf.cast(buf, v.dtype) + g + wd * v))
         return w_virtual
 
+    def exact_product(self, w, a, nt, batch, wrt: str, vector):
+        """grad_a (grad_x L(w, a) . vector) by nested tapes, x = the weights (`wrt="w"`: the
+        mixed second derivative of eq. 7) or the alphas (`wrt="a"`: the Hessian of L in the
+        alphas times `vector`, the collapse monitor's product); this replica's share."""
+        sources = {"w": w, "a": a}[wrt]
+        with tf.GradientTape(watch_accessed_variables=False) as outer:
+            outer.watch(a)
+            with tf.GradientTape(watch_accessed_variables=False) as inner:
+                inner.watch(sources)
+                loss, _, _ = self.loss(w, a, nt, batch)
+            grads = self.gradient(inner, loss, sources)
+            dot = tf.add_n([tf.reduce_sum(g * v) for g, v in zip(grads, vector)])
+        return self.gradient(outer, dot, a)
+
     def hessian_vector_product(self, w, a, nt, train_batch, vector):
         """grad_a (grad_w L_train(w, a) . vector), this replica's share (eq. 8 or exact)."""
         if self.hessian == "exact":
-            with tf.GradientTape(watch_accessed_variables=False) as outer:
-                outer.watch(a)
-                with tf.GradientTape(watch_accessed_variables=False) as inner:
-                    inner.watch(w)
-                    loss, _, _ = self.loss(w, a, nt, train_batch)
-                grad_w = self.gradient(inner, loss, w)
-                dot = tf.add_n([tf.reduce_sum(g * v) for g, v in zip(grad_w, vector)])
-            return self.gradient(outer, dot, a)
+            return self.exact_product(w, a, nt, train_batch, "w", vector)
         # A zero direction would give eps = inf and 0 * inf = nan; its product is 0 anyway.
         eps = FINITE_DIFFERENCE_R / tf.maximum(global_norm(vector), 1e-30)
         w_plus = [v + tf.cast(eps, v.dtype) * d for v, d in zip(w, vector)]

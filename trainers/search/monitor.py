@@ -169,13 +169,5 @@ class CollapseMonitor:
 
     def _chunk_hvp(self, w, a, nt, batch, v):
         """grad_a (grad_a L(w, a) . v) on one chunk (L divided by the whole batch's size)."""
-        arch = self.trainer.architect
-        with tf.GradientTape(watch_accessed_variables=False) as outer:
-            outer.watch(a)
-            with tf.GradientTape(watch_accessed_variables=False) as inner:
-                inner.watch(a)
-                loss, _, _ = arch.loss(w, a, nt, batch)
-            grads = arch.gradient(inner, loss, a)
-            dot = tf.add_n([tf.reduce_sum(g * x) for g, x in zip(grads, v)])
-        hv = arch.gradient(outer, dot, a)
+        hv = self.trainer.architect.exact_product(w, a, nt, batch, "a", v)
         return tf.concat([tf.reshape(tf.cast(h, tf.float32), [-1]) for h in hv], axis=0)
