@@ -233,6 +233,48 @@ def _recomputing_relu_depthwise_pointwise(x, depthwise, pointwise, stride, paddi
     return block(x, depthwise, pointwise)
 
 
+_POOL_3X3 = ([1, 3, 3, 1], [1, 1, 1, 1])
+
+
+@tf.custom_gradient
+def _max_pool_3x3_same(x):
+    """3x3 max pooling, stride 1, "SAME"; its gradient, and that gradient's own gradient
+    (the exact Hessian-vector products go through it), are TensorFlow's, with one change.
+
+    TensorFlow's CPU kernel for the second derivative (MaxPoolGradGrad) may reuse the
+    buffer of its incoming gradient for its output when nothing else holds that buffer,
+    and it clears the output before it reads the input: the result is then wrong. Whether
+    the buffer is free depends on the order in which the executor ran the ops, so the
+    exact mode returned one of several values on identical inputs (issue 12; reproduced
+    in a 10-op graph). Its input must have as many elements as its output to be reused:
+    here it gets the gradient padded by one pixel (and x padded with -inf, which never
+    wins a window), so the kernel always writes to a buffer of its own.
+    """
+    y = tf.nn.max_pool2d(x, 3, 1, "SAME")
+
+    def grad(dy):
+        return _max_pool_3x3_same_grad(x, y, dy)
+
+    return y, grad
+
+
+@tf.custom_gradient
+def _max_pool_3x3_same_grad(x, y, dy):
+    """d(max pool)/dx^T dy; linear in dy, piecewise constant in x and y."""
+    ksize, strides = _POOL_3X3
+    dx = tf.raw_ops.MaxPoolGrad(orig_input=x, orig_output=y, grad=dy, ksize=ksize,
+                                strides=strides, padding="SAME")
+
+    def grad(ddx):
+        pads = [[0, 0], [1, 1], [1, 1], [0, 0]]
+        ddy = tf.raw_ops.MaxPoolGradGrad(
+            orig_input=tf.pad(x, pads, constant_values=float("-inf")), orig_output=y,
+            grad=tf.pad(ddx, pads), ksize=ksize, strides=strides, padding="VALID")
+        return tf.zeros_like(x), tf.zeros_like(y), ddy
+
+    return dx, grad
+
+
 @functools.lru_cache(maxsize=None)
 def _valid_count_scale(height, width, stride):
     """9 / (number of unpadded elements) under each 3x3 window, padding 1."""
@@ -259,8 +301,7 @@ def pool_3x3(x, mode: str, stride: int = 1) -> tf.Tensor:
         # At stride 1 TensorFlow's "SAME" pads 1 on each side, ignores the padding in max
         # pooling and divides by the valid elements in average pooling: the reference's
         # function, without a padded copy of x.
-        pool = tf.nn.max_pool2d if mode == "max" else tf.nn.avg_pool2d
-        return pool(x, 3, 1, "SAME")
+        return _max_pool_3x3_same(x) if mode == "max" else tf.nn.avg_pool2d(x, 3, 1, "SAME")
     pads = [[0, 0], [1, 1], [1, 1], [0, 0]]
     if mode == "max":
         # Repeating the border row and column never changes a window's max (the copy sits

@@ -201,3 +201,90 @@ def test_invalid_arguments_are_refused(setup):
         Architect(model, global_batch_size=BATCH, hessian="fd")
     with pytest.raises(ValueError, match="needs lr"):
         Architect(model, global_batch_size=BATCH, unrolled=True).gradients(train, val)
+
+
+# The exact mode through max pooling: the same result on every call and in every process ------
+
+def _pool_mix_product(dtype=tf.float32, seed=0):
+    """(f, a): f(a) = grad_a (grad_k L(k, a) . v) for L = sum((a0 maxpool(h) + a1 h)^2 c),
+    h = relu(conv(x, k)): the ReLU zeros tie in the pool windows, as in a supernet."""
+    from darts_tf import kernels
+
+    rng = np.random.default_rng(seed)
+    x, c = (tf.constant(rng.normal(size=(4, 12, 12, n)), dtype) for n in (6, 6))
+    k, v = (tf.constant(rng.normal(size=(1, 1, 6, 6)), dtype) for _ in range(2))
+
+    def first(a):  # grad_k L . v: smooth in a (the pool's winners do not depend on a)
+        with tf.GradientTape() as tape:
+            tape.watch(k)
+            h = tf.nn.relu(tf.nn.conv2d(x, k, 1, "SAME"))
+            loss = tf.reduce_sum((a[0] * kernels.pool_3x3(h, "max") + a[1] * h) ** 2 * c)
+        return tf.reduce_sum(tape.gradient(loss, k) * v)
+
+    def product(a):
+        with tf.GradientTape() as tape:
+            tape.watch(a)
+            dot = first(a)
+        return tape.gradient(dot, a)
+
+    return product, first
+
+
+def test_max_pool_second_derivative_is_the_same_on_every_call_and_right():
+    """TensorFlow's MaxPoolGradGrad kernel may write its output over its input's buffer,
+    when the executor has already freed the other uses of that buffer: in a traced graph
+    this gave 2-7 different products over 100 calls. kernels.pool_3x3 routes around it."""
+    product, first = _pool_mix_product()
+    a = tf.constant([0.3, 0.7])
+    traced = tf.function(lambda: product(a))
+    results = {traced().numpy().tobytes() for _ in range(60)}
+    assert len(results) == 1
+    # Against central differences of the first derivative in float64 (a polynomial in a).
+    product64, first64 = _pool_mix_product(tf.float64)
+    a64, eps = np.array([0.3, 0.7]), 1e-3
+    expected = [(float(first64(tf.constant(a64 + eps * e))) -
+                 float(first64(tf.constant(a64 - eps * e)))) / (2 * eps) for e in np.eye(2)]
+    np.testing.assert_allclose(np.frombuffer(results.pop(), np.float32), expected, rtol=1e-4)
+    np.testing.assert_allclose(product64(tf.constant(a64)).numpy(), expected, rtol=1e-8)
+
+
+_EXACT_CHILD = """
+import hashlib, keras, numpy as np, tensorflow as tf
+import darts_tf
+from trainers.search.architect import Architect
+keras.utils.set_random_seed(0)
+model = darts_tf.Supernet(10, init_channels=4, num_cells=3, num_nodes=4, input_channels=3)
+model.build((None, 16, 16, 3))
+rng = np.random.default_rng(0)
+train, val = ((tf.constant(rng.normal(size=(4, 16, 16, 3)), tf.float32),
+               tf.constant(rng.integers(0, 10, 4), tf.int32)) for _ in range(2))
+arch = Architect(model, global_batch_size=4, unrolled=True, hessian="exact", momentum=0.9,
+                 weight_decay=3e-4)
+step = tf.function(lambda: arch.gradients(train, val, lr=0.025).grads)
+for _ in range(10):
+    print(hashlib.sha256(b"".join(g.numpy().tobytes() for g in step())).hexdigest())
+"""
+
+
+def test_exact_hypergradient_is_identical_on_every_call_in_fresh_processes():
+    """The exact second-order alpha gradient in the issue's setting (C=4, 3 cells, 4 nodes,
+    all 8 ops, 16x16, batch 4), ten calls in each of two processes with different hash
+    seeds: one result, to the bit. Before the max-pool fix, 2 or 3 distinct results (about
+    1% apart) in most runs of this test."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    children = [subprocess.Popen(
+        [sys.executable, "-c", _EXACT_CHILD], cwd=root, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(root), "PYTHONHASHSEED": str(seed)})
+        for seed in (0, 1)]
+    digests = []
+    for child in children:
+        out, err = child.communicate(timeout=300)
+        assert child.returncode == 0, err[-2000:]
+        digests += out.split()[-10:]
+    assert len(digests) == 20 and len(set(digests)) == 1, digests

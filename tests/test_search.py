@@ -414,9 +414,7 @@ def test_second_order_traces_one_pass_and_computes_the_written_out_step(hessian)
             for v, value in zip(trainer.model.variables, start):
                 v.assign(value)
         start = [v.numpy() for v in trainer.model.variables]
-        # One step with the exact product: from its second step on, two trainers in one
-        # process differ by ~1e-5 in the alphas, whether the passes are nested or written out.
-        for train, val in _batches(3 if hessian == "finite_difference" else 1):
+        for train, val in _batches(3):
             trainer.step(train, val)
         moved[nested] = [v.numpy() for v in trainer.model.variables]
         traces[nested] = trainer.step_traces
