@@ -159,6 +159,14 @@ def test_edge_weights_sum_to_one_per_node():
     np.testing.assert_allclose(model.arch_weights()["reduce_edges"],
                                genotype_lib.edge_weights(beta[:5], 2), rtol=1e-6)
     np.testing.assert_allclose(np_weights[:2], np.exp(beta[:2]) / np.exp(beta[:2]).sum())
+    # What epoch_N.json and TensorBoard report: the same per-node weights (not one softmax
+    # over all the edges of the cell), and softmax rows for the alphas.
+    from trainers.search.loop import arch_weights
+    values = {"alpha_reduce": model.alpha_reduce.numpy(), "beta_reduce": beta[:5]}
+    reported = arch_weights(model, values)
+    np.testing.assert_allclose(reported["beta_reduce"], genotype_lib.edge_weights(beta[:5], 2))
+    np.testing.assert_allclose(reported["beta_reduce"][:2].sum(), 1.0)
+    np.testing.assert_allclose(reported["alpha_reduce"], model.arch_weights()["reduce"], rtol=1e-6)
 
 
 def test_pc_darts_genotype_weighs_the_ops_by_the_edge_weights():

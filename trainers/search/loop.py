@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from configs import SearchConfig
 from darts_tf import search_space
-from darts_tf.genotype import Genotype, softmax
+from darts_tf.genotype import Genotype, edge_weights, softmax
 from trainers.runtime import distribute, run as run_lib
 from trainers.runtime.progress import Progress, epoch_line
 from trainers.search.monitor import CollapseMonitor
@@ -213,7 +213,8 @@ def _finish_epoch(trainer: SearchTrainer, state: run_lib.RunState, monitor, stop
         workdir = state.workdir
         record = {"epoch": state.epoch,
                   "architecture": search_space.export_architecture(trainer.model),
-                  "arch_weights": {k: softmax(v).tolist() for k, v in alphas.items()},
+                  "arch_weights": {k: v.tolist() for k, v in arch_weights(trainer.model,
+                                                                          alphas).items()},
                   "metrics": metrics}
         if seconds is not None:
             record["monitor_seconds"] = seconds
@@ -248,14 +249,33 @@ def _summarize_epoch(trainer: SearchTrainer, step: int, metrics: dict, alphas) -
         if key in metrics:
             tf.summary.scalar(f"monitor/{key}", metrics[key], step=step)
     primitives = getattr(trainer.model, "primitives", None)
+    weights_by_name = arch_weights(trainer.model, alphas)
     for name, values in alphas.items():
-        weights = softmax(values)
+        weights = weights_by_name[name]
         tf.summary.histogram(f"alphas/{name}", values, step=step)
+        if _is_edge_beta(trainer.model, name, values):
+            for edge, w in enumerate(weights):
+                tf.summary.scalar(f"edge_weight/{name}/edge_{edge}", float(w), step=step)
+            continue
         rows = weights.reshape(-1, weights.shape[-1])
         for edge, row in enumerate(rows):
             for k, w in enumerate(row):
                 op = primitives[k] if primitives and len(primitives) == len(row) else str(k)
                 tf.summary.scalar(f"alpha_softmax/{name}/edge_{edge}/{op}", float(w), step=step)
+
+
+def _is_edge_beta(model, name: str, values) -> bool:
+    """Whether `name` holds PC-DARTS' edge logits (one per edge, normalised per node)."""
+    return (getattr(model, "edge_normalization", False) and name.split("/")[-1].startswith("beta")
+            and values.ndim == 1)
+
+
+def arch_weights(model, alphas: dict) -> dict:
+    """The weights the raw architecture values stand for, by name: softmax over each
+    alpha row (the ops of an edge), and for PC-DARTS' betas the softmax over each node's
+    incoming edges (`edge_weights`), as the supernet applies them."""
+    return {name: (edge_weights(values, model.num_nodes) if _is_edge_beta(model, name, values)
+                   else softmax(values)) for name, values in alphas.items()}
 
 
 def _read_json(path: Path):
