@@ -88,7 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     protocol.add_argument("--folds", type=int, default=5)
     protocol.add_argument("--repeats", type=int, default=1)
     protocol.add_argument("--fold_seed", type=int, default=0)
-    protocol.add_argument("--random_trials", type=int, default=8)
+    protocol.add_argument("--random_trials", type=int, default=6)
     protocol.add_argument("--random_epochs", type=int, default=10)
     protocol.add_argument("--search_set", action="append", default=[], type=_setting,
                           metavar="FIELD=VALUE", help="SearchConfig override (repeatable)")

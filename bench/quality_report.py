@@ -214,6 +214,7 @@ def plot(summary: dict, path, protocol: dict) -> None:
                  "95% interval)", fontsize=9)
     if not summary["runs"] and not spread["by_retrain_seed"]:
         ax.text(0.5, 0.5, "no runs recorded yet", transform=ax.transAxes, ha="center")
+        ax.set_yticks([])
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, format="png")
