@@ -242,13 +242,18 @@ def test_report_rebuilds_the_table_from_the_jsonl(study, tmp_path):
                                   rebuilt.index(quality_report.END)], "") == \
         text.replace(text[text.index(quality_report.BEGIN):text.index(quality_report.END)], "")
     expected = _expected(_records(study))
-    rows = {m: line.split("|")[1:-1] for line in rebuilt.splitlines()
-            for m in ("darts_1st", "random", "darts_2nd") if line.startswith(f"| {m} | ")}
+    rows = {}  # the method table's rows (the per-run table below starts the same way)
+    for line in rebuilt.splitlines():
+        for m in ("darts_1st", "random", "darts_2nd"):
+            if line.startswith(f"| {m} | "):
+                rows.setdefault(m, line.split("|")[1:-1])
     for method in ("darts_1st", "random"):
         cells = [c.strip() for c in rows[method]]
         assert cells[1] == "1"  # one search seed
         assert float(cells[2]) == pytest.approx(expected[(method, 0, 0)], abs=0.005)
     assert [c.strip() for c in rows["darts_2nd"]][1:3] == ["0", "—"]
+    run_line = next(line for line in rebuilt.splitlines() if line.startswith("| random | 0 | "))
+    assert f"| {expected[('random', 0, 0)]:.2f} |" in run_line
     spread = [expected[("spread", None, r)] for r in (0, 1)]
     line = next(line for line in rebuilt.splitlines() if line.startswith("Evaluation spread"))
     assert f"test error % {spread[0]:.2f}, {spread[1]:.2f}" in line
