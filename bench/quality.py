@@ -175,7 +175,8 @@ class Study:
 
         p, out = self.protocol, []
         for repeat in range(p["repeats"]):
-            splitter = StratifiedKFold(p["folds"], shuffle=True, random_state=p["fold_seed"] + repeat)
+            splitter = StratifiedKFold(p["folds"], shuffle=True,
+                                       random_state=p["fold_seed"] + repeat)
             out.extend(splitter.split(self.images.reshape(len(self.labels), -1), self.labels))
         return out
 

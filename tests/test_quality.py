@@ -135,6 +135,15 @@ def test_random_cell_oracle_trials_are_random_cells_without_search(tmp_path):
         assert not os.path.exists(os.path.join(tuner.get_trial_dir(trial_id), "genotype.json"))
     assert tuner.oracle.get_best_trials()[0].score is not None  # scored by the proxy training
 
+    resumed = tuner_lib.DartsTuner(  # KerasTuner's resume: only the missing trial is left
+        tuner_lib.DartsHyperModel(10, input_channels=1, init_channels=4, num_cells=3), config,
+        oracle=tuner_lib.RandomCellOracle(max_trials=3, seed=3), directory=str(tmp_path),
+        project_name="random", overwrite=False)
+    assert resumed.remaining_trials == 1 and sorted(resumed.oracle.trials) == ["0", "1"]
+    third = resumed.oracle.create_trial("resumed").hyperparameters
+    assert third.get("seed") not in seeds
+    assert Genotype.from_json(third.get("genotype")) == random_genotype(third.get("seed"), 2)
+
     again = tuner_lib.RandomCellOracle(max_trials=2, seed=3, num_nodes=2, primitives=PRIMITIVES)
     again._set_project_dir(str(tmp_path), "again")  # pylint: disable=protected-access
     assert Genotype.from_json(again.create_trial("t").hyperparameters.get("genotype")) == cells[0]
