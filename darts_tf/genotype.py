@@ -315,12 +315,13 @@ def random_genotype(seed: Union[int, np.random.Generator], num_nodes: int = 4,
                     primitives: Sequence[str] = PRIMITIVES) -> Genotype:
     """A cell drawn uniformly from the search space: the random-search baseline.
 
-    The paper's random search samples cells "from the same space" as DARTS (Liu et al.
-    2019, section 3.3; Li & Talwalkar 2019 sample the same way): for each intermediate
+    The paper's random-search baseline samples cells from the same space as DARTS (Liu
+    et al. 2019, Table 1, best of 24 by a short training): for each intermediate
     node i (0-based), two distinct inputs drawn uniformly among its i + 2 candidates
     (the two cell inputs and the i earlier nodes), and for each input an op drawn
     uniformly from the space's ops other than 'none' (a derived DARTS cell never holds
-    'none'). The normal cell first, then the reduction cell, from the same generator;
+    'none'; the paper's Table 1 counts 7 ops for the random baseline, as for DARTS). The
+    normal cell first, then the reduction cell, from the same generator;
     both concatenate every intermediate node.
 
     Args:

@@ -135,8 +135,8 @@ class RandomCellOracle(DartsOracle):
     Trial i gets the seed `trial_seed(i)` (as `DartsOracle`) and the cell
     `darts_tf.genotype.random_genotype(seed, num_nodes, primitives)` as its `genotype`
     hyperparameter; `DartsTuner` then only proxy-trains it, so the best trial is the best
-    of `max_trials` random cells by the objective (Liu et al. 2019, section 3.3: "random
-    search baseline", best of 24 by a short training). Give it to
+    of `max_trials` random cells by the objective (Liu et al. 2019, Table 1: the random
+    search baseline, best of 24 by a short training). Give it to
     `DartsTuner(..., oracle=RandomCellOracle(...))` to compare DARTS against random cells
     with the same hypermodel, data and budget.
 
