@@ -12,7 +12,8 @@ spread (one fixed cell, `--spread_cell`, retrained with each of `--spread_seeds`
 evaluation's own noise).
 
 Evaluation: stratified k-fold over every image of the data set (train and test splits
-together; `--folds`, `--repeats`, folds fixed by `--fold_seed` for every method). Each
+together, held in memory as float32: fine for digits or an image folder, ~740 MB for
+CIFAR-10; `--folds`, `--repeats`, folds fixed by `--fold_seed` for every method). Each
 cell is retrained from scratch on each fold's training part with the same recipe (the
 `--retrain_preset` with `--retrain_epochs`) and the same `--retrain_seeds`, and tested
 on the held-out part; a cell's error pools the errors of all its folds.
