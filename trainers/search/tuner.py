@@ -143,8 +143,9 @@ class RandomCellOracle(DartsOracle):
     Args:
       num_nodes: intermediate nodes per cell (None: the DartsTuner's base_config.num_nodes).
       primitives: the ops drawn from, 'none' excluded (None: the DartsTuner's primitives).
-      objective, max_trials, seed, hyperparameters, ...: as `DartsOracle`. Declared
-        hyperparameters are sampled at random and can configure the hypermodel.
+      objective, max_trials, seed, hyperparameters, ...: as `DartsOracle`. No search reads
+        the declared values; hyperparameters the hypermodel declares in `build(hp)` are
+        sampled at random per trial, as `DartsOracle` samples them.
     """
 
     runs_search = False
