@@ -1,9 +1,9 @@
 """The quality study: random cells (the baseline), RandomCellOracle, and bench/quality.py.
 
 The sampler is checked on 1,000 cells (the space's rules and uniform marginals); the
-oracle by a two-trial tuner run on tiny digits; the study script by a tiny run in a
-subprocess (2 folds, 1 epoch, C=4, 3 cells), a second identical run (nothing new), and
-`--report` rebuilding QUALITY.md's table from the JSONL alone.
+oracle by a two-trial tuner run on tiny digits; the study script by a tiny run through
+its main() (2 folds, 1 epoch, C=4, 3 cells), a second identical run (nothing new), and
+`--report` from the command line rebuilding QUALITY.md's table from the JSONL alone.
 """
 import itertools
 import json
@@ -193,8 +193,10 @@ def _quality(*args):
 
 @pytest.fixture(name="study", scope="module")
 def fixture_study(tmp_path_factory):
+    """The tiny study, run through the script's main() in this process (a subprocess would
+    start TensorFlow again); `--report` below runs as a subprocess, from the command line."""
     out_dir = tmp_path_factory.mktemp("quality") / "study"
-    _quality(f"--out_dir={out_dir}", *TINY)
+    quality.main([f"--out_dir={out_dir}", *TINY])
     return out_dir
 
 
@@ -271,11 +273,12 @@ def test_report_rebuilds_the_table_from_the_jsonl(study, tmp_path):
     assert (study / "quality.md").read_text() in rebuilt
 
 
-def test_second_run_does_no_new_work(study):
+def test_second_run_does_no_new_work(study, capsys):
     before = (study / "results.jsonl").read_bytes()
-    done = _quality(f"--out_dir={study}", *TINY)
+    capsys.readouterr()
+    quality.main([f"--out_dir={study}", *TINY])
     assert (study / "results.jsonl").read_bytes() == before
-    assert "[quality] (" not in done.stderr
+    assert "[quality] (" not in capsys.readouterr().err  # no unit ran
 
 
 def test_another_protocol_is_refused(tmp_path):
