@@ -2,6 +2,7 @@
 
 Public names:
   Genotype, PRIMITIVES, load_genotype, genotypes.DARTS_V1, genotypes.DARTS_V2
+  random_genotype                the random-search baseline: a cell drawn uniformly
   Supernet                       the search network (alphas apart from weights)
   NetworkCIFAR, NetworkImageNet  fixed networks rebuilt from a genotype
   LayerChoice, InputChoice       the general search-space API (NNI style)
@@ -20,6 +21,7 @@ _LAZY = {
     "GenotypeError": "darts_tf.genotype",
     "derive_genotype": "darts_tf.genotype",
     "load_genotype": "darts_tf.genotype",
+    "random_genotype": "darts_tf.genotype",
     "genotypes": "darts_tf.genotypes",
     "search_space": "darts_tf.search_space",
     "InputChoice": "darts_tf.choice",

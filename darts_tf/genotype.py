@@ -311,6 +311,57 @@ def derive_genotype(alpha_normal: Any, alpha_reduce: Any, primitives: Sequence[s
     return Genotype(genes[0], concat, genes[1], concat)
 
 
+def random_genotype(seed: Union[int, np.random.Generator], num_nodes: int = 4,
+                    primitives: Sequence[str] = PRIMITIVES) -> Genotype:
+    """A cell drawn uniformly from the search space: the random-search baseline.
+
+    The paper's random-search baseline samples cells from the same space as DARTS (Liu
+    et al. 2019, Table 1, best of 24 by a short training): for each intermediate
+    node i (0-based), two distinct inputs drawn uniformly among its i + 2 candidates
+    (the two cell inputs and the i earlier nodes), and for each input an op drawn
+    uniformly from the space's ops other than 'none' (a derived DARTS cell never holds
+    'none'; the paper's Table 1 counts 7 ops for the random baseline, as for DARTS). The
+    normal cell first, then the reduction cell, from the same generator;
+    both concatenate every intermediate node.
+
+    Args:
+        seed: an int seed (the same seed gives the same cell) or a numpy Generator
+            (advanced by the draws).
+        num_nodes: intermediate nodes per cell.
+        primitives: the space's ops ('none' is never drawn).
+
+    Returns:
+        The Genotype.
+    """
+    source = "random_genotype"
+    if not _is_int(num_nodes) or num_nodes < 1:
+        raise _error(source, "num_nodes", "expected an int >= 1", num_nodes)
+    ops = [p for p in primitives if p != "none"]
+    if not ops:
+        raise _error(source, "primitives", "expected at least one op besides 'none'",
+                     tuple(primitives))
+    unknown = [p for p in ops if p not in PRIMITIVES]
+    if unknown:
+        raise _error(source, "primitives", f"unknown ops; valid ops: {', '.join(PRIMITIVES)}",
+                     unknown)
+    if isinstance(seed, np.random.Generator):
+        rng = seed
+    elif _is_int(seed) and seed >= 0:
+        rng = np.random.default_rng(seed)
+    else:
+        raise _error(source, "seed", "expected an int >= 0 or a numpy Generator", seed)
+    cells = []
+    for _ in ("normal", "reduce"):
+        pairs = []
+        for i in range(num_nodes):
+            inputs = rng.choice(i + 2, size=2, replace=False)  # distinct, every pair equally likely
+            picks = rng.integers(len(ops), size=2)
+            pairs.extend((ops[int(k)], int(j)) for j, k in zip(inputs, picks))
+        cells.append(pairs)
+    concat = range(2, 2 + num_nodes)
+    return Genotype(cells[0], concat, cells[1], concat)
+
+
 def _checked(values: Any, name: str, shape: tuple, source: str, num_nodes: int) -> np.ndarray:
     """`values` as a finite float64 array of `shape`; GenotypeError otherwise."""
     try:

@@ -8,10 +8,11 @@ imagenet2012, ...) and "folder", your own images: `data_dir` holds one sub-folde
 class (`folders`). Nothing is ever downloaded.
 """
 from trainers.data.arrays import search_data_fn
-from trainers.data.pipelines import (augment_image, eval_data, normalize, random_cutout,
-                                     search_data, train_data)
+from trainers.data.pipelines import (augment_image, eval_data, eval_data_from_arrays, normalize,
+                                     random_cutout, search_data, train_data,
+                                     train_data_from_arrays)
 from trainers.data.sources import DataError, DataSpec, digits_arrays, get_spec, stream_seed
 
-__all__ = ["DataError", "DataSpec", "augment_image", "digits_arrays", "eval_data", "get_spec",
-           "normalize", "random_cutout", "search_data", "search_data_fn", "stream_seed",
-           "train_data"]
+__all__ = ["DataError", "DataSpec", "augment_image", "digits_arrays", "eval_data",
+           "eval_data_from_arrays", "get_spec", "normalize", "random_cutout", "search_data",
+           "search_data_fn", "stream_seed", "train_data", "train_data_from_arrays"]

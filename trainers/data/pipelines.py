@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import numpy as np
 import tensorflow as tf
 
 from trainers.data.sources import (AUTOTUNE, IN_MEMORY, DataError, DataSpec, get_spec, source,
@@ -183,6 +184,40 @@ def train_data(name: str, *, batch_size: int, seed: int, epoch: int, augment: bo
     ds, decode = source(name, "train", None, limit, data_dir, epoch_seed, image_size)
     return _training_batches(ds, decode, preprocess, seed=epoch_seed,
                              batch_size=batch_size)
+
+
+def train_data_from_arrays(images, labels, spec: DataSpec, *, batch_size: int, seed: int,
+                           epoch: int, augment: bool = True, crop_padding: int | None = None,
+                           flip: bool | None = None, cutout: int | None = None) -> tf.data.Dataset:
+    """`train_data` on in-memory [0,1] images (e.g. one fold of a k-fold study).
+
+    The same epoch order rule (a numpy permutation seeded by the "train" stream of
+    (seed, epoch), as for digits), the same per-element augmentation seeds and full
+    batches, with `spec`'s normalisation and default augmentation.
+
+    Args:
+      images: (N, H, W, C) float images in [0, 1]; labels: (N,) ints.
+      spec, batch_size, seed, epoch, augment, crop_padding, flip, cutout: as `train_data`.
+    """
+    if augment:
+        preprocess = _augmenter(spec, spec.crop_padding if crop_padding is None else crop_padding,
+                                spec.flip if flip is None else flip,
+                                spec.cutout if cutout is None else cutout)
+    else:
+        preprocess = _plain(spec)
+    epoch_seed = stream_seed("train", seed, epoch)
+    order = np.random.default_rng(epoch_seed).permutation(len(labels))
+    ds = tf.data.Dataset.from_tensor_slices((np.asarray(images, np.float32)[order],
+                                             np.asarray(labels, np.int32)[order]))
+    return _training_batches(ds, lambda image: image, preprocess, seed=epoch_seed,
+                             batch_size=batch_size)
+
+
+def eval_data_from_arrays(images, labels, spec: DataSpec, *, batch_size: int) -> tf.data.Dataset:
+    """`eval_data` on in-memory [0,1] images: normalised by `spec`, in the given order."""
+    images = normalize(tf.constant(np.asarray(images, np.float32)), spec.mean, spec.std)
+    return tf.data.Dataset.from_tensor_slices(
+        (images, np.asarray(labels, np.int32))).batch(batch_size).prefetch(AUTOTUNE)
 
 
 def eval_data(name: str, *, batch_size: int, split: str = "test", data_dir: str | None = None,

@@ -54,7 +54,8 @@ class Setup:
     eval_fn: Callable
 
 
-def run(config: RetrainConfig, workdir: str, data_fn=None, eval_fn=None) -> RetrainResult:
+def run(config: RetrainConfig, workdir: str, data_fn=None, eval_fn=None,
+        export: bool = True) -> RetrainResult:
     """Runs (or resumes) a retraining; see the module docstring for the files written.
 
     Args:
@@ -64,6 +65,8 @@ def run(config: RetrainConfig, workdir: str, data_fn=None, eval_fn=None) -> Retr
         same for the same epoch (default: `trainers.data.train_data`).
       eval_fn: () -> dataset of (images, labels) test batches (default:
         `trainers.data.eval_data` on the test split).
+      export: write model.keras and saved_model/ at the end (False: only the metrics, for
+        studies that retrain many networks to measure them, e.g. bench/quality.py).
 
     Raises:
       ConfigError: an invalid config value or genotype (raised before anything is written).
@@ -73,7 +76,7 @@ def run(config: RetrainConfig, workdir: str, data_fn=None, eval_fn=None) -> Retr
     """
     setup = prepare(config, workdir, data_fn, eval_fn)
     with distribute.op_determinism(setup.config.deterministic):
-        return _run(setup, Path(workdir))
+        return _run(setup, Path(workdir), export)
 
 
 def _auxiliary_pool_size(config: RetrainConfig, height: int) -> int:
@@ -121,7 +124,7 @@ def prepare(config, workdir, data_fn=None, eval_fn=None) -> Setup:
     return Setup(config, spec, genotype, model_fn, data_fn, eval_fn)
 
 
-def _run(setup: Setup, workdir: Path) -> RetrainResult:
+def _run(setup: Setup, workdir: Path, export: bool = True) -> RetrainResult:
     config, spec = setup.config, setup.spec
     keras.utils.set_random_seed(config.seed)
     strategy = distribute.make_strategy(config.strategy)
@@ -141,7 +144,7 @@ def _run(setup: Setup, workdir: Path) -> RetrainResult:
         while state.epoch < config.epochs:
             _train_epoch(trainer, state, setup.data_fn)
             history.append(_finish_epoch(trainer, state, trainer.evaluate(setup.eval_fn())))
-    final = _finish(trainer, state, history, spec)
+    final = _finish(trainer, state, history, spec, export)
     return RetrainResult(final, history, state.global_step, resumed_from, trainer.step_traces,
                          str(workdir))
 
@@ -186,9 +189,10 @@ def _finish_epoch(trainer: RetrainTrainer, state: run_lib.RunState, test: dict) 
     return line
 
 
-def _finish(trainer: RetrainTrainer, state: run_lib.RunState, history, spec) -> dict:
-    """Writes model.keras, saved_model/ and final_metrics.json (chief only); returns the
-    final metrics."""
+def _finish(trainer: RetrainTrainer, state: run_lib.RunState, history, spec,
+            export: bool = True) -> dict:
+    """Writes model.keras and saved_model/ (when `export`) and final_metrics.json (chief
+    only); returns the final metrics."""
     model, last = trainer.model, history[-1]
     final = {"test_top1": last["test_top1"], "test_top5": last["test_top5"],
              "test_loss": last["test_loss"], "epochs": state.epoch,
@@ -197,6 +201,7 @@ def _finish(trainer: RetrainTrainer, state: run_lib.RunState, history, spec) -> 
              "params_with_auxiliary": model.count_params(include_auxiliary=True),
              "dataset": trainer.config.dataset}
     if state.chief:
-        export_model(model, spec, state.workdir)
+        if export:
+            export_model(model, spec, state.workdir)
         run_lib.write_json(state.workdir / "final_metrics.json", final)
     return final

@@ -24,6 +24,11 @@ one such run:
     tuner.search(x, y, validation_data=(x_val, y_val), epochs=5)
     genotype = Genotype.from_json(tuner.get_best_hyperparameters()[0]["genotype"])
 
+Random search over cells, the paper's baseline, is the same tuner with another oracle:
+`DartsTuner(hypermodel, base_config, oracle=RandomCellOracle(max_trials=8, seed=1))`
+gives each trial a cell drawn uniformly from the space (`darts_tf.random_genotype`)
+instead of a search, and keeps the best by the same proxy retraining.
+
 Failures are loud: KerasTuner 1.4.8 records an exception in `run_trial` as the trial's
 `message` and goes on (it only stops after `max_consecutive_failed_trials` failures in a
 row). `DartsTuner` logs every failed trial at ERROR with its traceback and raises
@@ -32,6 +37,7 @@ row). `DartsTuner` logs every failed trial at ERROR with its traceback and raise
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import math
 import os
@@ -43,6 +49,7 @@ import tensorflow as tf
 
 from configs import SearchConfig
 from darts_tf import PRIMITIVES, Genotype, NetworkCIFAR, Supernet, genotypes
+from darts_tf.genotype import random_genotype
 from trainers.data.arrays import search_data_fn
 from trainers.search import loop as search_lib
 
@@ -73,6 +80,8 @@ class DartsOracle(keras_tuner.Oracle):
       hyperparameters, allow_new_entries, tune_new_entries, max_retries_per_trial,
       max_consecutive_failed_trials: as in `keras_tuner.Oracle`.
     """
+
+    runs_search = True  # DartsTuner runs a DARTS search per trial (RandomCellOracle: False)
 
     def __init__(self, objective="val_accuracy", max_trials: int = 4, seed: int | None = None,
                  hyperparameters=None, allow_new_entries=True, tune_new_entries=True,
@@ -118,6 +127,60 @@ class DartsOracle(keras_tuner.Oracle):
     def set_state(self, state):
         super().set_state(state)
         self.trial_seeds = dict(state.get("trial_seeds", {}))
+
+
+class RandomCellOracle(DartsOracle):
+    """Random search over cells, the paper's baseline: each trial a random cell, no search.
+
+    Trial i gets the seed `trial_seed(i)` (as `DartsOracle`) and the cell
+    `darts_tf.genotype.random_genotype(seed, num_nodes, primitives)` as its `genotype`
+    hyperparameter; `DartsTuner` then only proxy-trains it, so the best trial is the best
+    of `max_trials` random cells by the objective (Liu et al. 2019, Table 1: the random
+    search baseline, best of 24 by a short training). Give it to
+    `DartsTuner(..., oracle=RandomCellOracle(...))` to compare DARTS against random cells
+    with the same hypermodel, data and budget.
+
+    Args:
+      num_nodes: intermediate nodes per cell (None: the DartsTuner's base_config.num_nodes).
+      primitives: the ops drawn from, 'none' excluded (None: the DartsTuner's primitives).
+      objective, max_trials, seed, hyperparameters, ...: as `DartsOracle`. No search reads
+        the declared values; hyperparameters the hypermodel declares in `build(hp)` are
+        sampled at random per trial, as `DartsOracle` samples them.
+    """
+
+    runs_search = False
+
+    def __init__(self, objective="val_accuracy", max_trials: int = 4, seed: int | None = None,
+                 num_nodes: int | None = None, primitives=None, **kwargs):
+        super().__init__(objective=objective, max_trials=max_trials, seed=seed, **kwargs)
+        self.num_nodes = num_nodes
+        self.primitives = None if primitives is None else tuple(primitives)
+
+    def random_cell(self, seed: int) -> Genotype:
+        """The cell of a trial with search seed `seed`."""
+        if self.num_nodes is None or self.primitives is None:
+            raise ValueError("RandomCellOracle: num_nodes and primitives are not set; pass them "
+                             "to the oracle or give the oracle to a DartsTuner, which sets them "
+                             f"from its base_config and primitives. Received: num_nodes="
+                             f"{self.num_nodes}, primitives={self.primitives}")
+        return random_genotype(seed, self.num_nodes, self.primitives)
+
+    def populate_space(self, trial_id):
+        result = super().populate_space(trial_id)
+        if result["status"] == _STATUS.RUNNING:
+            values = result["values"]
+            values[GENOTYPE] = self.random_cell(values[SEED]).to_json()
+        return result
+
+    def get_state(self):
+        return {**super().get_state(), "num_nodes": self.num_nodes,
+                "primitives": None if self.primitives is None else list(self.primitives)}
+
+    def set_state(self, state):
+        super().set_state(state)
+        if state.get("num_nodes") is not None:
+            self.num_nodes = state["num_nodes"]
+            self.primitives = tuple(state["primitives"])
 
 
 class DartsHyperModel(keras_tuner.HyperModel):
@@ -208,6 +271,9 @@ class DartsTuner(keras_tuner.Tuner):
       objective, max_trials, seed, hyperparameters, tune_new_entries, allow_new_entries,
       max_retries_per_trial, max_consecutive_failed_trials: as `DartsOracle`. Declared
         hyperparameters must be named after `SearchConfig` fields.
+      oracle: instead of those, an oracle: `RandomCellOracle(max_trials=..., seed=...)`
+        turns the same tuner into random search over cells (the baseline at the same
+        hypermodel, data and proxy training); None builds a `DartsOracle`.
       **kwargs: for `keras_tuner.Tuner` (directory, project_name, overwrite, ...).
     """
 
@@ -215,7 +281,7 @@ class DartsTuner(keras_tuner.Tuner):
                  primitives=PRIMITIVES, objective="val_accuracy", max_trials: int = 4,
                  seed: int | None = None, hyperparameters=None, tune_new_entries=True,
                  allow_new_entries=True, max_retries_per_trial=0,
-                 max_consecutive_failed_trials=3, **kwargs):
+                 max_consecutive_failed_trials=3, oracle: DartsOracle | None = None, **kwargs):
         base_config = SearchConfig() if base_config is None else base_config
         if not isinstance(base_config, SearchConfig):
             raise TypeError("DartsTuner: base_config must be a SearchConfig. Received: "
@@ -223,15 +289,40 @@ class DartsTuner(keras_tuner.Tuner):
         if hypermodel is None or not isinstance(getattr(hypermodel, "num_classes", None), int):
             raise ValueError("DartsTuner: hypermodel must be a HyperModel with an integer "
                              f"`num_classes` (e.g. DartsHyperModel). Received: {hypermodel!r}")
-        _check_declared(hyperparameters, base_config)
         self.base_config, self.primitives = base_config, tuple(primitives)
         self._ended: list = []  # (trial_id, status, message) of this search() call
-        oracle = DartsOracle(
+        oracle_args = dict(
             objective=objective, max_trials=max_trials, seed=seed,
             hyperparameters=hyperparameters, tune_new_entries=tune_new_entries,
             allow_new_entries=allow_new_entries, max_retries_per_trial=max_retries_per_trial,
             max_consecutive_failed_trials=max_consecutive_failed_trials)
+        if oracle is None:
+            _check_declared(hyperparameters, base_config)
+            oracle = DartsOracle(**oracle_args)
+        else:
+            self._adopt(oracle, oracle_args)
         super().__init__(oracle, hypermodel, **kwargs)
+
+    def _adopt(self, oracle, oracle_args: dict) -> None:
+        """Checks a given oracle; a RandomCellOracle gets the space's nodes and ops."""
+        if not isinstance(oracle, DartsOracle):
+            raise TypeError("DartsTuner: oracle must be a DartsOracle or a RandomCellOracle. "
+                            f"Received: oracle={oracle!r}")
+        defaults = inspect.signature(DartsTuner.__init__).parameters
+        passed = sorted(k for k, v in oracle_args.items() if v != defaults[k].default)
+        if passed:
+            raise ValueError(f"DartsTuner: {passed} belong to the oracle when oracle= is given "
+                             f"(pass them to {type(oracle).__name__}(...)).")
+        _check_declared(oracle.hyperparameters, self.base_config)
+        if isinstance(oracle, RandomCellOracle):
+            if oracle.num_nodes not in (None, self.base_config.num_nodes):
+                raise ValueError(
+                    f"DartsTuner: RandomCellOracle(num_nodes={oracle.num_nodes}) differs from "
+                    f"base_config.num_nodes={self.base_config.num_nodes}: the random cells would "
+                    "come from another space than the searched ones. Leave num_nodes=None.")
+            oracle.num_nodes = self.base_config.num_nodes
+            if oracle.primitives is None:
+                oracle.primitives = self.primitives
 
     def search_config(self, hp) -> SearchConfig:
         """The trial's search: the base config with the trial's declared values and seed."""
@@ -264,9 +355,20 @@ class DartsTuner(keras_tuner.Tuner):
                                     f"{self._first_failure(self._ended)}")
 
     def run_trial(self, trial, *fit_args, **fit_kwargs):
-        """Searches into the trial's directory, then retrains its cell via `super().run_trial`."""
+        """Searches into the trial's directory, then retrains its cell via `super().run_trial`.
+
+        With a RandomCellOracle, the trial's cell is the oracle's: no search, the proxy
+        retraining only (seeded by the trial's seed).
+        """
         hp = trial.hyperparameters
         config = self.search_config(hp)
+        if not self.oracle.runs_search:
+            text = hp.values[GENOTYPE]
+            hp.Fixed(GENOTYPE, text)
+            hp.values[GENOTYPE] = text
+            logger.info("Trial %s: random cell (seed %d), no search", trial.trial_id, config.seed)
+            keras.utils.set_random_seed(config.seed)  # as the search would have (the fit's init)
+            return super().run_trial(trial, *fit_args, **fit_kwargs)
         x = fit_args[0] if fit_args else fit_kwargs.get("x")
         y = fit_args[1] if len(fit_args) > 1 else fit_kwargs.get("y")
         split = fit_kwargs.get("validation_split")
