@@ -105,6 +105,22 @@ def test_equivalent_to_darts(method_kwargs, free):
         assert np.abs(other(x, training=False).numpy() - got[1]).max() > 1e-3
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_auxiliary_skip_is_beta_times_skip(stride):
+    """DARTS-' mixed op = DARTS' mixed op + beta * skip(x); at stride 1 beta is folded into
+    the skip_connect candidate's weight (one op fewer per edge), which must not change it."""
+    op = methods.AuxiliarySkipMixedOp(4, stride, num_inputs=2)
+    x = [tf.random.stateless_normal((2, 8, 8, 4), seed=(i, 3)) for i in range(2)]
+    weights = tf.nn.softmax(tf.random.stateless_normal((2, len(PRIMITIVES)), seed=(5, 6)))
+    op(x, weights, training=True)  # builds
+    plain = op(x, weights, training=True).numpy()
+    skip = op.auxiliary_skip(tf.concat(x, axis=-1), training=True)
+    expected = plain + 0.6 * tf.reduce_sum(tf.reshape(skip, [2, *skip.shape[1:3], 2, 4]), axis=3)
+    got = op(x, weights, training=True, skip_beta=tf.constant(0.6)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert np.abs(got - plain).max() > 0.1
+
+
 def _numpy_shuffle(x, groups):
     """channel_shuffle by its definition: output channel j * groups + g = input g * (C/G) + j."""
     out = np.empty_like(x)
