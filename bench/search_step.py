@@ -4,6 +4,8 @@ r"""Search-step benchmark: start-up, time per step and peak memory, one configur
     python bench/search_step.py --quick              # batch 16 only
     python bench/search_step.py --one=first_order,16 # one configuration in this process
     python bench/search_step.py --tiny               # the tests' tiny supernet (start-up)
+    python bench/search_step.py --plan=first_order,64,darts first_order,256,pc_darts --rounds=2
+                                                     # given configurations, alternated
 
 Configuration: the reference search network (C=16, 8 cells, 4 nodes, 32x32x3
 inputs, 10 classes), random data, the full search step of trainers/search/trainer.py
@@ -40,20 +42,30 @@ ORDERS = {"first_order": {"unrolled": False},
           "second_order_exact": {"unrolled": True, "hessian": "exact"}}
 
 
-def _models(darts_tf):
-    """name -> (model_fn, input shape, description)."""
+# Search methods and guards (issue 12): SearchConfig fields on top of the order's.
+METHODS = {"darts": {},
+           "pc_darts": {"method": "pc_darts", "partial_channels": 4, "edge_normalization": True},
+           "darts_minus": {"method": "darts_minus"},
+           "sdarts": {"sdarts_epsilon": 0.3}}
+
+
+def _models(darts_tf, options=None):
+    """name -> (model_fn, input shape, description); `options`: Supernet method options."""
+    options = options or {}
     return {
-        "reference": (lambda: darts_tf.Supernet(num_classes=10), (32, 32, 3),
+        "reference": (lambda: darts_tf.Supernet(num_classes=10, **options), (32, 32, 3),
                       "C=16 cells=8 nodes=4 32x32x3"),
         # tests/test_search.py's tiny_supernet: what the test suite searches.
         "tiny": (lambda: darts_tf.Supernet(
             num_classes=10, init_channels=4, num_cells=3, num_nodes=1, input_channels=1,
-            primitives=("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3")), (8, 8, 1),
+            primitives=("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"), **options),
+            (8, 8, 1),
             "tests' tiny supernet: C=4 cells=3 nodes=1 4 ops 8x8x1"),
     }
 
 
-def run_one(order: str, batch: int, steps: int, model: str = "reference") -> dict:
+def run_one(order: str, batch: int, steps: int, model: str = "reference",
+            method: str = "darts") -> dict:
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
@@ -64,8 +76,8 @@ def run_one(order: str, batch: int, steps: int, model: str = "reference") -> dic
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import graph_flops  # pylint: disable=import-outside-toplevel
 
-    model_fn, shape, description = _models(darts_tf)[model]
-    config = SearchConfig(batch_size=batch, **ORDERS[order])
+    config = SearchConfig(batch_size=batch, **ORDERS[order], **METHODS[method])
+    model_fn, shape, description = _models(darts_tf, config.supernet_options())[model]
     trainer = search.SearchTrainer(model_fn, config, input_shape=shape)
     rng = np.random.default_rng(0)
 
@@ -91,7 +103,7 @@ def run_one(order: str, batch: int, steps: int, model: str = "reference") -> dic
     flops, _ = graph_flops.count_flops(step_fn.get_concrete_function(train, val))
     gflop = flops / 1e9
     macs = darts_tf.count_multiply_adds(model_fn(), shape)["total"]
-    return {"config": description, "order": order, "batch": batch,
+    return {"config": description, "order": order, "batch": batch, "method": method,
             "startup_s": round(startup, 1), "first_step_s": round(times[0], 1),
             "step_s_median": round(float(np.median(times[1:])), 2) if len(times) > 1 else None,
             "steps_timed": len(times) - 1,
@@ -117,16 +129,19 @@ def matmul_gflops(n: int = 4096, repeats: int = 10) -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="batch 16 only")
-    parser.add_argument("--one", help="order,batch[,model]: one configuration in this process "
-                        "(model: reference or tiny)")
+    parser.add_argument("--one", help="order,batch[,model[,method]]: one configuration in this "
+                        "process (model: reference or tiny; method: " + ", ".join(METHODS) + ")")
+    parser.add_argument("--plan", nargs="+", help="order,batch[,method] configurations of the "
+                        "reference network, each in its own process, alternated --rounds times")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of --plan")
     parser.add_argument("--tiny", action="store_true",
                         help="the tests' tiny supernet at batch 8 (start-up of a test search)")
     parser.add_argument("--steps", type=int, default=4, help="steps per configuration")
     parser.add_argument("--output", help="append the JSON lines to this file")
     args = parser.parse_args()
     if args.one:
-        order, batch, *model = args.one.split(",")
-        print(json.dumps(run_one(order, int(batch), args.steps, *model)), flush=True)
+        order, batch, *rest = args.one.split(",")
+        print(json.dumps(run_one(order, int(batch), args.steps, *rest)), flush=True)
         return
     line = json.dumps({"matmul_4096_gflops": round(matmul_gflops(), 1)})
     print(line, flush=True)
@@ -134,13 +149,24 @@ def main():
         with open(args.output, "a", encoding="utf-8") as f:
             f.write(line + "\n")
     batches = (16,) if args.quick else (16, 64)
-    runs = [(order, batch, "reference") for batch in batches for order in ORDERS]
+    runs = [(order, batch, "reference", "darts") for batch in batches for order in ORDERS]
     if args.tiny:
-        runs = [(order, 8, "tiny") for order in ORDERS]
-    for order, batch, model in runs:
-        out = subprocess.run([sys.executable, __file__, f"--one={order},{batch},{model}",
+        runs = [(order, 8, "tiny", "darts") for order in ORDERS]
+    if args.plan:
+        runs = []
+        for _ in range(args.rounds):
+            for spec in args.plan:
+                order, batch, *method = spec.split(",")
+                runs.append((order, batch, "reference", *(method or ["darts"])))
+    for order, batch, model, method in runs:
+        load = os.getloadavg()[0]
+        out = subprocess.run([sys.executable, __file__, f"--one={order},{batch},{model},{method}",
                               f"--steps={args.steps}"], capture_output=True, text=True,
                              check=False)
+        if out.returncode == 0:
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            result.update(load_before=round(load, 2), load_after=round(os.getloadavg()[0], 2))
+            out.stdout = json.dumps(result)
         line = out.stdout.strip().splitlines()[-1] if out.returncode == 0 else json.dumps(
             {"order": order, "batch": batch, "error": out.stderr[-500:]})
         print(line, flush=True)

@@ -183,9 +183,15 @@ def digits() -> SearchConfig:
     The reference recipe scaled to the data: C=8, 5 cells (reductions at cells 1
     and 3), 4 nodes, 15 epochs of batch 64 on the 718/719 halves of the 1437
     training images (11 steps per epoch). A few minutes on 2 CPU cores.
+
+    The collapse monitor takes the whole fixed batch of 64 in one pass (the network is
+    small) and 5 power iterations from the last epoch's eigenvector: an epoch is only 11
+    steps, and the cifar10 defaults (chunks of 8, 10 iterations: 80 Hessian passes an
+    epoch) cost ~28 s against ~10 s of training per epoch here (BENCHMARKS.md).
     """
     return SearchConfig(dataset="digits", init_channels=8, num_cells=5, num_nodes=4,
-                        epochs=15, batch_size=64, w_lr=0.05, checkpoint_every=50, log_every=5)
+                        epochs=15, batch_size=64, w_lr=0.05, checkpoint_every=50, log_every=5,
+                        monitor_chunk=None, monitor_iterations=5)
 
 
 def pc_darts() -> SearchConfig:
