@@ -140,25 +140,35 @@ def test_mirrored_supernet_matches_the_default_strategy(mirrored):
     replicas compute the same function, hence the same updates, as one device (second
     order: its step contains every pass the first-order step has)."""
     config = SearchConfig(batch_size=8, unrolled=True, alpha_lr=3e-3, w_lr=0.1)
+    assert_mirrored_matches_one_device(tiny_supernet, config, mirrored, steps=3)
+
+
+def assert_mirrored_matches_one_device(model_fn, config, mirrored, steps):
+    """`steps` steps of one trainer under `mirrored` (two replicas, half batches) and of one
+    on the default strategy, from the same variables: the same updates (within float
+    noise), identical replica copies, and most variables (weights, alphas, BN statistics)
+    moved. Returns the mirrored trainer and the largest difference."""
     keras.utils.set_random_seed(0)
-    single = search.SearchTrainer(tiny_supernet, config, None, input_shape=(8, 8, 1))
-    multi = search.SearchTrainer(tiny_supernet, config, mirrored, input_shape=(8, 8, 1))
+    single = search.SearchTrainer(model_fn, config, None, input_shape=(8, 8, 1))
+    multi = search.SearchTrainer(model_fn, config, mirrored, input_shape=(8, 8, 1))
     for a, b in zip(multi.model.variables, single.model.variables):
         a.assign(b.numpy())
     initial = [v.numpy() for v in single.model.variables]
-    for train, val in _batches(3):
+    for train, val in _batches(steps):
         single.step(train, val)
-    for train, val in mirrored.experimental_distribute_dataset(_batches(3)):
+    for train, val in mirrored.experimental_distribute_dataset(_batches(steps)):
         multi.step(train, val)
-    moved = 0
+    moved, worst = 0, 0.0
     for a, b, before in zip(multi.model.variables, single.model.variables, initial):
         change = float(np.max(np.abs(b.numpy() - before)))
         diff = float(np.max(np.abs(a.numpy() - b.numpy())))
+        worst = max(worst, diff)
         assert diff < max(2e-5, 2e-3 * change), (b.path, diff, change)
         copies = _replicas(a)
         assert np.array_equal(copies[0], copies[1]), a.path
         moved += change > 1e-4
-    assert moved > len(initial) // 2  # most variables (weights, alphas, BN statistics) moved
+    assert moved > len(initial) // 2
+    return multi, worst
 
 
 @pytest.mark.parametrize("hessian", ["finite_difference", "exact"])

@@ -519,16 +519,21 @@ def _load_pc_darts(pc_darts_dir):
     return model_search
 
 
-def pc_darts_counts(pc_darts_dir):
-    """Parameter counts of PC-DARTS' search network at C=16, 8 cells (train_search.py's)."""
+def _pc_darts_network(pc_darts_dir, channels, layers, seed):
+    """The authors' search Network(channels, 10 classes, layers), built on the CPU."""
     model_search = _load_pc_darts(pc_darts_dir)
     cuda = torch.Tensor.cuda
     torch.Tensor.cuda = lambda self, *args, **kwargs: self  # the authors' code is GPU-only
     try:
-        torch.manual_seed(0)
-        net = model_search.Network(16, 10, 8, nn.CrossEntropyLoss())
+        torch.manual_seed(seed)
+        return model_search.Network(channels, 10, layers, nn.CrossEntropyLoss())
     finally:
         torch.Tensor.cuda = cuda
+
+
+def pc_darts_counts(pc_darts_dir):
+    """Parameter counts of PC-DARTS' search network at C=16, 8 cells (train_search.py's)."""
+    net = _pc_darts_network(pc_darts_dir, channels=16, layers=8, seed=0)
     total, _ = count_params(net)
     arch = net.arch_parameters()
     return {
@@ -548,14 +553,7 @@ def pc_darts_counts(pc_darts_dir):
 def fixture_pc_darts(pc_darts_dir, out_dir):
     """pc_darts_tiny.npz: PC-DARTS' Network(C=8, 10, layers=3) (K=4: ops on 2, then 4
     channels), alphas and betas ~ N(0, 1), state_dict, input, train/eval logits."""
-    model_search = _load_pc_darts(pc_darts_dir)
-    cuda = torch.Tensor.cuda
-    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # the authors' code is GPU-only
-    try:
-        torch.manual_seed(505)
-        net = model_search.Network(8, 10, 3, nn.CrossEntropyLoss())
-    finally:
-        torch.Tensor.cuda = cuda
+    net = _pc_darts_network(pc_darts_dir, channels=8, layers=3, seed=505)
     with torch.no_grad():
         for a in net.arch_parameters():
             a.copy_(torch.randn_like(a))

@@ -174,16 +174,22 @@ def train_data(name: str, *, batch_size: int, seed: int, epoch: int, augment: bo
         ImageNet always uses RandomResizedCrop instead of padding + crop.
     """
     spec = get_spec(name, data_dir, image_size)
-    if augment:
-        preprocess = _augmenter(spec, spec.crop_padding if crop_padding is None else crop_padding,
-                                spec.flip if flip is None else flip,
-                                spec.cutout if cutout is None else cutout)
-    else:
-        preprocess = _plain(spec)
+    preprocess = _train_preprocess(spec, augment, crop_padding, flip, cutout)
     epoch_seed = stream_seed("train", seed, epoch)
     ds, decode = source(name, "train", None, limit, data_dir, epoch_seed, image_size)
     return _training_batches(ds, decode, preprocess, seed=epoch_seed,
                              batch_size=batch_size)
+
+
+def _train_preprocess(spec: DataSpec, augment: bool, crop_padding, flip, cutout):
+    """The training split's per-example function: the spec's augmentation (each of
+    crop_padding, flip, cutout overriding its default when not None), or only the
+    normalisation when `augment` is False."""
+    if not augment:
+        return _plain(spec)
+    return _augmenter(spec, spec.crop_padding if crop_padding is None else crop_padding,
+                      spec.flip if flip is None else flip,
+                      spec.cutout if cutout is None else cutout)
 
 
 def train_data_from_arrays(images, labels, spec: DataSpec, *, batch_size: int, seed: int,
@@ -199,12 +205,7 @@ def train_data_from_arrays(images, labels, spec: DataSpec, *, batch_size: int, s
       images: (N, H, W, C) float images in [0, 1]; labels: (N,) ints.
       spec, batch_size, seed, epoch, augment, crop_padding, flip, cutout: as `train_data`.
     """
-    if augment:
-        preprocess = _augmenter(spec, spec.crop_padding if crop_padding is None else crop_padding,
-                                spec.flip if flip is None else flip,
-                                spec.cutout if cutout is None else cutout)
-    else:
-        preprocess = _plain(spec)
+    preprocess = _train_preprocess(spec, augment, crop_padding, flip, cutout)
     epoch_seed = stream_seed("train", seed, epoch)
     order = np.random.default_rng(epoch_seed).permutation(len(labels))
     ds = tf.data.Dataset.from_tensor_slices((np.asarray(images, np.float32)[order],
