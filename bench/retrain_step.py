@@ -6,21 +6,22 @@ NetworkCIFAR(DARTS_V2, C=36, 20 cells, auxiliary head, drop path 0.2) trained by
 trainers/retrain/trainer.py's step (SGD, auxiliary loss, drop path) on random 32x32x3
 batches of 96 (the reference recipe); then the model is exported with
 `model.export()` and the SavedModel's latency measured with plain
-`tf.saved_model.load` at batch 1 and 96. One JSON line.
+`tf.saved_model.load` at batch 1 and 96 (--no-export: the step only). One JSON line:
+start-up (process start to the end of the first step), the median step, peak RSS
+during training (train_peak_rss_gb) and in all (peak_rss_gb).
 """
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import sys
+import tempfile
 import time
 
-T0 = time.time()
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import resource  # noqa: E402
-import tempfile  # noqa: E402
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The repository's root, so that darts_tf, trainers and configs import without installing.
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main():
@@ -28,6 +29,9 @@ def main():
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch", type=int, default=96)
     parser.add_argument("--graph_optimization", default="auto", help="auto | fast | full")
+    parser.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
+                        help="export and time the SavedModel (--no-export: the step only, "
+                        "as bench/compare_reference.py compares it)")
     args = parser.parse_args()
 
     import numpy as np  # pylint: disable=import-outside-toplevel
@@ -36,6 +40,9 @@ def main():
     import darts_tf  # pylint: disable=import-outside-toplevel
     from trainers import retrain  # pylint: disable=import-outside-toplevel
     from configs import RetrainConfig  # pylint: disable=import-outside-toplevel
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import proc_clock  # pylint: disable=import-outside-toplevel
 
     config = RetrainConfig(batch_size=args.batch, graph_optimization=args.graph_optimization)
     trainer = retrain.RetrainTrainer(
@@ -50,28 +57,31 @@ def main():
         start = time.time()
         float(trainer.train_step(batch)["loss"])
         times.append(time.time() - start)
+        if len(times) == 1:
+            startup = proc_clock.process_age_s()
     step = float(np.median(times[1:]))
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer.model.export(os.path.join(tmp, "saved"), verbose=False)
-        served = tf.saved_model.load(os.path.join(tmp, "saved"))
-        latency = {}
-        for batch in (1, args.batch):
-            x = tf.constant(rng.normal(size=(batch, 32, 32, 3)).astype(np.float32))
-            served.serve(x).numpy()
-            runs = []
-            for _ in range(5):
-                start = time.time()
+    train_rss_gb = proc_clock.peak_rss_gb()
+    latency = {}
+    if args.export:
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer.model.export(os.path.join(tmp, "saved"), verbose=False)
+            served = tf.saved_model.load(os.path.join(tmp, "saved"))
+            for batch in (1, args.batch):
+                x = tf.constant(rng.normal(size=(batch, 32, 32, 3)).astype(np.float32))
                 served.serve(x).numpy()
-                runs.append(time.time() - start)
-            latency[f"latency_ms_batch_{batch}"] = round(1000 * float(np.median(runs)), 1)
+                runs = []
+                for _ in range(5):
+                    start = time.time()
+                    served.serve(x).numpy()
+                    runs.append(time.time() - start)
+                latency[f"latency_ms_batch_{batch}"] = round(1000 * float(np.median(runs)), 1)
     print(json.dumps({"model": "NetworkCIFAR DARTS_V2 C=36 cells=20 aux drop_path",
-                      "batch": args.batch, "first_step_s": round(times[0], 1),
-                      "step_s_median": round(step, 2),
+                      "batch": args.batch, "startup_s": round(startup, 2),
+                      "first_step_s": round(times[0], 1), "step_s_median": round(step, 2),
                       "images_per_s": round(args.batch / step, 1), **latency,
-                      "total_s": round(time.time() - T0, 1),
-                      "peak_rss_gb": round(
-                          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}))
-
+                      "total_s": round(proc_clock.process_age_s(), 1),
+                      "train_peak_rss_gb": round(train_rss_gb, 2),
+                      "peak_rss_gb": round(proc_clock.peak_rss_gb(), 2)}))
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,8 @@ Configuration: the reference search network (C=16, 8 cells, 4 nodes, 32x32x3
 inputs, 10 classes), random data, the full search step of trainers/search/trainer.py
 (architecture step on a validation batch, then weight step). Reported per
 configuration:
-  startup_s      process start -> end of the first step (imports, build, trace, first step)
+  startup_s      process start (the kernel's, /proc) -> end of the first step (interpreter,
+                 imports, build, trace, graph optimisation, first step)
   step_s_median  median wall time of the steps after the first (warm-up) one
   peak_rss_gb    peak resident memory of the process (ru_maxrss)
   forward_macs   multiply-adds of one forward pass per example (darts_tf.count_multiply_adds
@@ -24,18 +25,16 @@ in TensorFlow) to compare with.
 """
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import subprocess
+import sys
 import time
 
-T0 = time.time()
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import resource  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The repository's root, so that darts_tf, trainers and configs import without installing.
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 ORDERS = {"first_order": {"unrolled": False},
           "second_order_fd": {"unrolled": True, "hessian": "finite_difference"},
@@ -75,6 +74,7 @@ def run_one(order: str, batch: int, steps: int, model: str = "reference",
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import graph_flops  # pylint: disable=import-outside-toplevel
+    import proc_clock  # pylint: disable=import-outside-toplevel
 
     config = SearchConfig(batch_size=batch, **ORDERS[order], **METHODS[method])
     model_fn, shape, description = _models(darts_tf, config.supernet_options())[model]
@@ -95,8 +95,8 @@ def run_one(order: str, batch: int, steps: int, model: str = "reference",
         float(metrics["loss"])  # wait for the step
         times.append(time.time() - start)
         if len(times) == 1:
-            startup = time.time() - T0
-    peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            startup = proc_clock.process_age_s()
+    peak_rss_gb = proc_clock.peak_rss_gb()
     # Counted after the timing and the memory (it retraces nothing: the graph is cached).
     train, val = batch_pair()
     step_fn = trainer._steps["full"]  # pylint: disable=protected-access  (the traced step)

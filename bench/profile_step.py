@@ -1,0 +1,199 @@
+r"""Where a search step's time goes: an op-level profile of a steady step, and start-up by part.
+
+    python bench/profile_step.py --what=profile --config=first_order,16
+    python bench/profile_step.py --what=startup --config=first_order,16
+
+The reference search network (C=16, 8 cells, 4 nodes, 32x32x3) and the full search step
+of trainers/search/trainer.py, on random batches, as bench/search_step.py times it
+(`--config` is ORDER,BATCH[,METHOD] with its names).
+
+--what=profile: two warm-up steps, then `--steps` steps under TensorFlow's profiler.
+  The executor's op events of the trace (xplane) are summed by op type and grouped into
+  kinds (depthwise convolution, convolution, batch norm, pooling, element-wise, data
+  movement, reductions, ...). Printed: each kind's and the top op types' share of the summed
+  op time, and the summed op time against wall time x cores (what the executor leaves idle:
+  dispatch, waiting, a core with nothing ready). One JSON line at the end.
+--what=startup: the process's start-up by part, each timed on its own:
+  interpreter (process start to this script's first line), import TensorFlow, import
+  darts-tf (darts_tf, trainers, configs), build (the trainer: supernet, variables,
+  optimizers), trace (the step's concrete function: Python to graph), first call
+  (graph optimisation, kernel and executor set-up, then the step), and a steady step for
+  comparison (first call minus steady step ~ graph optimisation and set-up).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import proc_clock  # noqa: E402  pylint: disable=wrong-import-position
+
+# Op types by kind (the profile groups what is not listed as "other").
+KINDS = {
+    "depthwise conv": ("DepthwiseConv2dNative", "DepthwiseConv2dNativeBackpropInput",
+                       "DepthwiseConv2dNativeBackpropFilter", "_FusedDepthwiseConv2dNative",
+                       "_MklDepthwiseConv2dNative", "_MklFusedDepthwiseConv2dNative"),
+    "conv 1x1 / conv": ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter",
+                        "_FusedConv2D", "_MklConv2D", "_MklFusedConv2D", "_MklNativeConv2D",
+                        "_MklNativeFusedConv2D", "_MklConv2DBackpropInput",
+                        "_MklConv2DBackpropFilter", "_MklNativeConv2DBackpropInput",
+                        "_MklNativeConv2DBackpropFilter", "MatMul", "_MklMatMul",
+                        "_FusedMatMul", "_MklFusedMatMul"),
+    "batch norm": ("FusedBatchNormV3", "FusedBatchNormGradV3", "_MklFusedBatchNormV3",
+                   "_MklFusedBatchNormGradV3", "_MklNativeFusedBatchNormV3",
+                   "_MklNativeFusedBatchNormGradV3", "_FusedBatchNormEx"),
+    "pooling": ("MaxPool", "MaxPoolGrad", "MaxPoolGradGrad", "AvgPool", "AvgPoolGrad",
+                "_MklMaxPool", "_MklMaxPoolGrad", "_MklAvgPool", "_MklAvgPoolGrad",
+                "_MklNativeMaxPool", "_MklNativeMaxPoolGrad", "_MklNativeAvgPool",
+                "_MklNativeAvgPoolGrad"),
+    "relu": ("Relu", "ReluGrad", "_MklRelu", "_MklReluGrad"),
+    "data movement": ("StridedSlice", "StridedSliceGrad", "Slice", "ConcatV2", "Pack",
+                      "Unpack", "Pad", "PadV2", "MirrorPad", "Transpose", "Reshape",
+                      "Identity", "Split", "SplitV", "Tile", "GatherV2", "Fill", "ZerosLike",
+                      "OnesLike", "BroadcastTo", "_MklConcat", "_MklNativeConcat",
+                      "_MklTranspose", "Cast", "_Send", "_Recv"),
+    "element-wise": ("AddV2", "AddN", "Mul", "Sub", "RealDiv", "Neg", "Square", "Sqrt",
+                     "Rsqrt", "Maximum", "Minimum", "Exp", "Log", "Softmax", "SoftmaxGrad",
+                     "Select", "SelectV2", "BiasAdd", "BiasAddGrad", "_MklAdd", "_MklAddN",
+                     "_MklMul", "_FusedMul", "Greater", "Less", "Equal", "Where",
+                     "SparseSoftmaxCrossEntropyWithLogits", "ResourceApplyMomentum",
+                     "_MklLayerNorm", "DivNoNan", "IsFinite", "LogicalNot", "LogicalAnd"),
+    "reductions": ("Sum", "Mean", "Max", "Min", "Prod", "ArgMax", "L2Loss"),
+    "variables": ("ReadVariableOp", "AssignVariableOp", "AssignAddVariableOp",
+                  "AssignSubVariableOp", "VarHandleOp", "Const", "NoOp", "_Arg", "_Retval"),
+}
+KIND_OF = {op: kind for kind, ops in KINDS.items() for op in ops}
+
+
+def _trainer(config_text: str):
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    import darts_tf  # pylint: disable=import-outside-toplevel
+    import search_step  # pylint: disable=import-outside-toplevel
+    from configs import SearchConfig  # pylint: disable=import-outside-toplevel
+    from trainers import search  # pylint: disable=import-outside-toplevel
+
+    order, batch, *method = config_text.split(",")
+    batch = int(batch)
+    config = SearchConfig(batch_size=batch, **search_step.ORDERS[order],
+                          **search_step.METHODS[method[0] if method else "darts"])
+    built = time.time()
+    trainer = search.SearchTrainer(
+        lambda: darts_tf.Supernet(num_classes=10, **config.supernet_options()), config,
+        input_shape=(32, 32, 3))
+    built = time.time() - built
+    rng = np.random.default_rng(0)
+
+    def pair():
+        def one():
+            return (tf.constant(rng.normal(size=(batch, 32, 32, 3)).astype(np.float32)),
+                    tf.constant(rng.integers(0, 10, size=batch).astype(np.int32)))
+        return one(), one()
+    return trainer, pair, built
+
+
+def startup(config_text: str) -> dict:
+    parts = {"interpreter": proc_clock.process_age_s()}
+    start = time.time()
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    parts["import tensorflow"] = time.time() - start
+    start = time.time()
+    import configs  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    import darts_tf  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    import trainers.search  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    from trainers.runtime import distribute  # pylint: disable=import-outside-toplevel
+    parts["import darts-tf"] = time.time() - start
+    trainer, pair, parts["build"] = _trainer(config_text)
+    train, val = pair()
+    start = time.time()
+    with distribute.graph_optimization(trainer.graph_mode):
+        trainer._steps["full"].get_concrete_function(train, val)  # pylint: disable=protected-access
+    parts["trace"] = time.time() - start
+    start = time.time()
+    float(trainer.step(train, val)["loss"])
+    parts["first call"] = time.time() - start
+    total = proc_clock.process_age_s()
+    steady = []
+    for _ in range(2):
+        train, val = pair()
+        start = time.time()
+        float(trainer.step(train, val)["loss"])
+        steady.append(time.time() - start)
+    parts = {k: round(v, 2) for k, v in parts.items()}
+    return {"config": config_text, "parts_s": parts, "startup_s": round(total, 2),
+            "unaccounted_s": round(total - sum(parts.values()), 2),
+            "steady_step_s": round(min(steady), 2),
+            "first_call_minus_step_s": round(parts["first call"] - min(steady), 2),
+            "step_traces": trainer.step_traces, "graph_mode": trainer.graph_mode,
+            "machine": proc_clock.cpu_model(), "load": os.getloadavg()[0]}
+
+
+def profile(config_text: str, steps: int, top: int) -> dict:
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=import-outside-toplevel
+
+    trainer, pair, _ = _trainer(config_text)
+    for _ in range(2):
+        float(trainer.step(*pair())["loss"])
+    batches = [pair() for _ in range(steps)]
+    logdir = tempfile.mkdtemp(prefix="darts_tf_profile_")
+    tf.profiler.experimental.start(logdir)
+    start = time.time()
+    for train, val in batches:
+        float(trainer.step(train, val)["loss"])
+    wall = time.time() - start
+    tf.profiler.experimental.stop()
+    path = sorted(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True))[-1]
+    space = xplane_pb2.XSpace()
+    with open(path, "rb") as f:
+        space.ParseFromString(f.read())
+    by_type = collections.Counter()
+    for plane in space.planes:
+        names = {k: v.name for k, v in plane.event_metadata.items()}
+        for line in plane.lines:
+            for event in line.events:
+                name = names.get(event.metadata_id, "")
+                if ":" in name:  # executor op events are "node_name:OpType"
+                    by_type[name.rsplit(":", 1)[1]] += event.duration_ps / 1e12
+    total = sum(by_type.values())
+    by_kind = collections.Counter()
+    for op, seconds in by_type.items():
+        by_kind[KIND_OF.get(op, "other")] += seconds
+    cores = len(os.sched_getaffinity(0))
+    return {"config": config_text, "steps": steps, "wall_s_per_step": round(wall / steps, 3),
+            "op_s_per_step": round(total / steps, 3),
+            "op_time_over_wall_x_cores": round(total / (wall * cores), 3),
+            "kinds": {k: round(100 * v / total, 1) for k, v in by_kind.most_common()},
+            "top_ops": {k: round(100 * v / total, 1) for k, v in by_type.most_common(top)},
+            "other_ops": sorted(op for op in by_type if op not in KIND_OF),
+            "machine": proc_clock.cpu_model(), "load": os.getloadavg()[0]}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--what", choices=("profile", "startup"), required=True)
+    parser.add_argument("--config", default="first_order,16", help="ORDER,BATCH[,METHOD]")
+    parser.add_argument("--steps", type=int, default=2, help="profiled steps")
+    parser.add_argument("--top", type=int, default=15, help="op types listed")
+    args = parser.parse_args()
+    if args.what == "startup":
+        print(json.dumps(startup(args.config)), flush=True)
+    else:
+        result = profile(args.config, args.steps, args.top)
+        for kind, share in result["kinds"].items():
+            print(f"{kind:20s} {share:5.1f}%")
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
