@@ -2,6 +2,7 @@ r"""Where a search step's time goes: an op-level profile of a steady step, and s
 
     python bench/profile_step.py --what=profile --config=first_order,16
     python bench/profile_step.py --what=startup --config=first_order,16
+    python bench/profile_step.py --what=ops --config=first_order,16
 
 The reference search network (C=16, 8 cells, 4 nodes, 32x32x3) and the full search step
 of trainers/search/trainer.py, on random batches, as bench/search_step.py times it
@@ -19,6 +20,8 @@ of trainers/search/trainer.py, on random batches, as bench/search_step.py times 
   optimizers), trace (the step's concrete function: Python to graph), first call
   (graph optimisation, kernel and executor set-up, then the step), and a steady step for
   comparison (first call minus steady step ~ graph optimisation and set-up).
+--what=ops: the traced step's graph, ops counted by type (what tracing builds; a count
+  that, unlike a time, does not depend on the machine's load).
 """
 from __future__ import annotations
 
@@ -179,15 +182,28 @@ def profile(config_text: str, steps: int, top: int) -> dict:
             "machine": proc_clock.cpu_model(), "load": os.getloadavg()[0]}
 
 
+def op_counts(config_text: str, top: int) -> dict:
+    from trainers.runtime import distribute  # pylint: disable=import-outside-toplevel
+
+    trainer, pair, _ = _trainer(config_text)
+    with distribute.graph_optimization(trainer.graph_mode):
+        graph = trainer._steps["full"].get_concrete_function(*pair()).graph  # pylint: disable=protected-access
+    by_type = collections.Counter(op.type for op in graph.get_operations())
+    return {"config": config_text, "ops": sum(by_type.values()),
+            "top_types": dict(by_type.most_common(top))}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--what", choices=("profile", "startup"), required=True)
+    parser.add_argument("--what", choices=("profile", "startup", "ops"), required=True)
     parser.add_argument("--config", default="first_order,16", help="ORDER,BATCH[,METHOD]")
     parser.add_argument("--steps", type=int, default=2, help="profiled steps")
     parser.add_argument("--top", type=int, default=15, help="op types listed")
     args = parser.parse_args()
     if args.what == "startup":
         print(json.dumps(startup(args.config)), flush=True)
+    elif args.what == "ops":
+        print(json.dumps(op_counts(args.config, args.top)), flush=True)
     else:
         result = profile(args.config, args.steps, args.top)
         for kind, share in result["kinds"].items():
