@@ -45,7 +45,9 @@ ORDERS = {"first_order": {"unrolled": False},
 METHODS = {"darts": {},
            "pc_darts": {"method": "pc_darts", "partial_channels": 4, "edge_normalization": True},
            "darts_minus": {"method": "darts_minus"},
-           "sdarts": {"sdarts_epsilon": 0.3}}
+           "sdarts": {"sdarts_epsilon": 0.3},
+           # Not a method: DARTS with bfloat16 compute (issue 15: AVX512_BF16 / AMX CPUs).
+           "bf16": {"mixed_precision": "mixed_bfloat16"}}
 
 
 def _models(darts_tf, options=None):
