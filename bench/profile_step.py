@@ -9,11 +9,12 @@ of trainers/search/trainer.py, on random batches, as bench/search_step.py times 
 (`--config` is ORDER,BATCH[,METHOD] with its names).
 
 --what=profile: two warm-up steps, then `--steps` steps under TensorFlow's profiler.
-  The executor's op events of the trace (xplane) are summed by op type and grouped into
-  kinds (depthwise convolution, convolution, batch norm, pooling, element-wise, data
-  movement, reductions, ...). Printed: each kind's and the top op types' share of the summed
-  op time, and the summed op time against wall time x cores (what the executor leaves idle:
-  dispatch, waiting, a core with nothing ready). One JSON line at the end.
+  The op events of the executor's threads (xplane) are summed by op type (oneDNN's
+  _Mkl prefixes removed) and grouped into kinds (depthwise convolution, convolution,
+  batch norm, pooling, element-wise, data movement, reductions, ...). Printed: each
+  kind's and the top op types' share of the kernel time; kernel time against wall time x
+  cores, and against the executor threads' busy time (the rest of it is the executor's
+  own overhead). One JSON line at the end, with the trace's path (--xplane re-reads it).
 --what=startup: the process's start-up by part, each timed on its own:
   interpreter (process start to this script's first line), import TensorFlow, import
   darts-tf (darts_tf, trainers, configs), build (the trainer: supernet, variables,
@@ -40,36 +41,30 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import proc_clock  # noqa: E402  pylint: disable=wrong-import-position
 
-# Op types by kind (the profile groups what is not listed as "other").
+# Op types by kind, after _op_type's removal of oneDNN's prefixes (the profile groups
+# what is not listed as "other").
 KINDS = {
     "depthwise conv": ("DepthwiseConv2dNative", "DepthwiseConv2dNativeBackpropInput",
-                       "DepthwiseConv2dNativeBackpropFilter", "_FusedDepthwiseConv2dNative",
-                       "_MklDepthwiseConv2dNative", "_MklFusedDepthwiseConv2dNative"),
-    "conv 1x1 / conv": ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter",
-                        "_FusedConv2D", "_MklConv2D", "_MklFusedConv2D", "_MklNativeConv2D",
-                        "_MklNativeFusedConv2D", "_MklConv2DBackpropInput",
-                        "_MklConv2DBackpropFilter", "_MklNativeConv2DBackpropInput",
-                        "_MklNativeConv2DBackpropFilter", "MatMul", "_MklMatMul",
-                        "_FusedMatMul", "_MklFusedMatMul"),
-    "batch norm": ("FusedBatchNormV3", "FusedBatchNormGradV3", "_MklFusedBatchNormV3",
-                   "_MklFusedBatchNormGradV3", "_MklNativeFusedBatchNormV3",
-                   "_MklNativeFusedBatchNormGradV3", "_FusedBatchNormEx"),
-    "pooling": ("MaxPool", "MaxPoolGrad", "MaxPoolGradGrad", "AvgPool", "AvgPoolGrad",
-                "_MklMaxPool", "_MklMaxPoolGrad", "_MklAvgPool", "_MklAvgPoolGrad",
-                "_MklNativeMaxPool", "_MklNativeMaxPoolGrad", "_MklNativeAvgPool",
-                "_MklNativeAvgPoolGrad"),
-    "relu": ("Relu", "ReluGrad", "_MklRelu", "_MklReluGrad"),
-    "data movement": ("StridedSlice", "StridedSliceGrad", "Slice", "ConcatV2", "Pack",
+                       "DepthwiseConv2dNativeBackpropFilter", "FusedDepthwiseConv2dNative",
+                       "_FusedDepthwiseConv2dNative"),
+    "conv 1x1 / conv": ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter", "FusedConv2D",
+                        "_FusedConv2D", "MatMul", "FusedMatMul", "_FusedMatMul", "Einsum",
+                        "BatchMatMulV2", "BatchMatMulV3"),
+    "batch norm": ("FusedBatchNorm", "FusedBatchNormGrad", "FusedBatchNormV3",
+                   "FusedBatchNormGradV3", "_FusedBatchNormEx"),
+    "pooling": ("MaxPool", "MaxPoolGrad", "MaxPoolGradGrad", "AvgPool", "AvgPoolGrad"),
+    "relu": ("Relu", "ReluGrad"),
+    "data movement": ("StridedSlice", "StridedSliceGrad", "Slice", "ConcatV2", "Concat", "Pack",
                       "Unpack", "Pad", "PadV2", "MirrorPad", "Transpose", "Reshape",
-                      "Identity", "Split", "SplitV", "Tile", "GatherV2", "Fill", "ZerosLike",
-                      "OnesLike", "BroadcastTo", "_MklConcat", "_MklNativeConcat",
-                      "_MklTranspose", "Cast", "_Send", "_Recv"),
-    "element-wise": ("AddV2", "AddN", "Mul", "Sub", "RealDiv", "Neg", "Square", "Sqrt",
-                     "Rsqrt", "Maximum", "Minimum", "Exp", "Log", "Softmax", "SoftmaxGrad",
-                     "Select", "SelectV2", "BiasAdd", "BiasAddGrad", "_MklAdd", "_MklAddN",
-                     "_MklMul", "_FusedMul", "Greater", "Less", "Equal", "Where",
-                     "SparseSoftmaxCrossEntropyWithLogits", "ResourceApplyMomentum",
-                     "_MklLayerNorm", "DivNoNan", "IsFinite", "LogicalNot", "LogicalAnd"),
+                      "Identity", "IdentityN", "Split", "SplitV", "Tile", "GatherV2", "Fill",
+                      "ZerosLike", "OnesLike", "BroadcastTo", "Cast", "_Send", "_Recv",
+                      "SpaceToBatchND", "BatchToSpaceND", "UnsortedSegmentSum"),
+    "element-wise": ("AddV2", "Add", "AddN", "Mul", "Sub", "RealDiv", "Neg", "Square", "Sqrt",
+                     "Rsqrt", "Maximum", "Minimum", "Exp", "Log", "Pow", "Softmax",
+                     "SoftmaxGrad", "Select", "SelectV2", "BiasAdd", "BiasAddGrad", "Greater",
+                     "Less", "Equal", "Where", "SparseSoftmaxCrossEntropyWithLogits",
+                     "ResourceApplyMomentum", "DivNoNan", "IsFinite", "LogicalNot",
+                     "LogicalAnd", "_FusedMul"),
     "reductions": ("Sum", "Mean", "Max", "Min", "Prod", "ArgMax", "L2Loss"),
     "variables": ("ReadVariableOp", "AssignVariableOp", "AssignAddVariableOp",
                   "AssignSubVariableOp", "VarHandleOp", "Const", "NoOp", "_Arg", "_Retval"),
@@ -141,9 +136,65 @@ def startup(config_text: str) -> dict:
             "machine": proc_clock.cpu_model(), "load": os.getloadavg()[0]}
 
 
+def _op_type(event_name: str) -> str | None:
+    """"node_name:OpType" -> the op type with oneDNN's prefixes removed (_MklNativeConv2D ->
+    Conv2D); None for the executor's own events (ExecutorState::Process, ParallelFor, ...)."""
+    if ":" not in event_name or "::" in event_name:
+        return None
+    node, op = event_name.rsplit(":", 1)
+    if not node or not op or not op[0].isalpha() and not op.startswith("_"):
+        return None
+    for prefix in ("_MklNative", "_Mkl"):
+        if op.startswith(prefix):
+            return op[len(prefix):]
+    return op
+
+
+def summarize_xplane(path: str, wall: float, steps: int, top: int) -> dict:
+    """Sums the op events of the executor's threads (tf_Compute lines) by op type.
+
+    Each op event is counted once (kernels run on the executor's threads; the intra-op
+    pool's events carry no time here). `Process` (the executor's per-node loop, which
+    encloses the kernels) gives the threads' busy time; the part of it outside the
+    kernels is the executor's overhead.
+    """
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=import-outside-toplevel
+
+    space = xplane_pb2.XSpace()
+    with open(path, "rb") as f:
+        space.ParseFromString(f.read())
+    by_type, busy, threads = collections.Counter(), 0.0, 0
+    for plane in space.planes:
+        names = {k: v.name for k, v in plane.event_metadata.items()}
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):
+                continue
+            threads += 1
+            for event in line.events:
+                name = names.get(event.metadata_id, "")
+                if name.endswith("::Process") or name.endswith(":Process"):
+                    busy += event.duration_ps / 1e12
+                    continue
+                op = _op_type(name)
+                if op is not None and op != "Process":
+                    by_type[op] += event.duration_ps / 1e12
+    total = sum(by_type.values())
+    by_kind = collections.Counter()
+    for op, seconds in by_type.items():
+        by_kind[KIND_OF.get(op, "other")] += seconds
+    cores = len(os.sched_getaffinity(0))
+    return {"steps": steps, "wall_s_per_step": round(wall / steps, 3),
+            "executor_threads": threads, "kernel_s_per_step": round(total / steps, 3),
+            "busy_s_per_step": round(busy / steps, 3),
+            "kernels_over_wall_x_cores": round(total / (wall * cores), 3),
+            "kernels_over_busy": round(total / busy, 3) if busy else None,
+            "kinds": {k: round(100 * v / total, 1) for k, v in by_kind.most_common()},
+            "top_ops": {k: round(100 * v / total, 1) for k, v in by_type.most_common(top)},
+            "other_ops": sorted(op for op in by_type if op not in KIND_OF)}
+
+
 def profile(config_text: str, steps: int, top: int) -> dict:
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=import-outside-toplevel
 
     trainer, pair, _ = _trainer(config_text)
     for _ in range(2):
@@ -157,28 +208,7 @@ def profile(config_text: str, steps: int, top: int) -> dict:
     wall = time.time() - start
     tf.profiler.experimental.stop()
     path = sorted(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True))[-1]
-    space = xplane_pb2.XSpace()
-    with open(path, "rb") as f:
-        space.ParseFromString(f.read())
-    by_type = collections.Counter()
-    for plane in space.planes:
-        names = {k: v.name for k, v in plane.event_metadata.items()}
-        for line in plane.lines:
-            for event in line.events:
-                name = names.get(event.metadata_id, "")
-                if ":" in name:  # executor op events are "node_name:OpType"
-                    by_type[name.rsplit(":", 1)[1]] += event.duration_ps / 1e12
-    total = sum(by_type.values())
-    by_kind = collections.Counter()
-    for op, seconds in by_type.items():
-        by_kind[KIND_OF.get(op, "other")] += seconds
-    cores = len(os.sched_getaffinity(0))
-    return {"config": config_text, "steps": steps, "wall_s_per_step": round(wall / steps, 3),
-            "op_s_per_step": round(total / steps, 3),
-            "op_time_over_wall_x_cores": round(total / (wall * cores), 3),
-            "kinds": {k: round(100 * v / total, 1) for k, v in by_kind.most_common()},
-            "top_ops": {k: round(100 * v / total, 1) for k, v in by_type.most_common(top)},
-            "other_ops": sorted(op for op in by_type if op not in KIND_OF),
+    return {"config": config_text, "xplane": path, **summarize_xplane(path, wall, steps, top),
             "machine": proc_clock.cpu_model(), "load": os.getloadavg()[0]}
 
 
@@ -199,13 +229,17 @@ def main():
     parser.add_argument("--config", default="first_order,16", help="ORDER,BATCH[,METHOD]")
     parser.add_argument("--steps", type=int, default=2, help="profiled steps")
     parser.add_argument("--top", type=int, default=15, help="op types listed")
+    parser.add_argument("--xplane", help="--what=profile: summarise this saved trace "
+                        "(printed by an earlier run) instead of profiling; needs --wall")
+    parser.add_argument("--wall", type=float, help="the wall seconds of the traced steps")
     args = parser.parse_args()
     if args.what == "startup":
         print(json.dumps(startup(args.config)), flush=True)
     elif args.what == "ops":
         print(json.dumps(op_counts(args.config, args.top)), flush=True)
     else:
-        result = profile(args.config, args.steps, args.top)
+        result = (summarize_xplane(args.xplane, args.wall, args.steps, args.top) if args.xplane
+                  else profile(args.config, args.steps, args.top))
         for kind, share in result["kinds"].items():
             print(f"{kind:20s} {share:5.1f}%")
         print(json.dumps(result), flush=True)
