@@ -99,11 +99,8 @@ def reference_search(reference_dir: str, order: str, batch: int, steps: int) -> 
                               arch_learning_rate=ARCH_LR, arch_weight_decay=ARCH_WEIGHT_DECAY)
     arch = architect.Architect(model, args)
     model.train()
-    times, startup = [], None
-    for (xt, yt), (xv, yv) in batches(batch, steps):
-        xt, xv = (torch.from_numpy(x.transpose(0, 3, 1, 2).copy()) for x in (xt, xv))
-        yt, yv = torch.from_numpy(yt), torch.from_numpy(yv)
-        start = time.time()
+
+    def step(xt, yt, xv, yv):
         # train_search.py's train(): the architecture step, then the weight step.
         arch.step(xt, yt, xv, yv, LR, optimizer, unrolled=order != "first_order")
         optimizer.zero_grad()
@@ -111,11 +108,9 @@ def reference_search(reference_dir: str, order: str, batch: int, steps: int) -> 
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
         optimizer.step()
-        float(loss)
-        times.append(time.time() - start)
-        startup = startup or proc_clock.process_age_s()
-    return _figures(times, startup, torch_threads=torch.get_num_threads(),
-                    torch_version=torch.__version__)
+        return loss
+    return _time_steps(torch, step, ((*_nchw(torch, *t), *_nchw(torch, *v))
+                                     for t, v in batches(batch, steps)))
 
 
 def reference_retrain(reference_dir: str, batch: int, steps: int) -> dict:
@@ -131,10 +126,8 @@ def reference_retrain(reference_dir: str, batch: int, steps: int) -> dict:
     optimizer = torch.optim.SGD(network.parameters(), LR, momentum=MOMENTUM,
                                 weight_decay=WEIGHT_DECAY)
     network.train()
-    times, startup = [], None
-    for x, y in batches(batch, steps, pairs=False):
-        x, y = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(y)
-        start = time.time()
+
+    def step(x, y):
         # train.py's train(): auxiliary weight 0.4, clipping at 5.
         optimizer.zero_grad()
         logits, logits_aux = network(x)
@@ -142,7 +135,21 @@ def reference_retrain(reference_dir: str, batch: int, steps: int) -> dict:
         loss.backward()
         nn.utils.clip_grad_norm_(network.parameters(), GRAD_CLIP)
         optimizer.step()
-        float(loss)
+        return loss
+    return _time_steps(torch, step, (_nchw(torch, *b) for b in batches(batch, steps, pairs=False)))
+
+
+def _nchw(torch, x, y):
+    """A numpy NHWC batch as torch tensors, NCHW."""
+    return torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(y)
+
+
+def _time_steps(torch, step, inputs) -> dict:
+    """Times `step(*tensors)` per batch (batches are converted outside the timing)."""
+    times, startup = [], None
+    for tensors in inputs:
+        start = time.time()
+        float(step(*tensors))
         times.append(time.time() - start)
         startup = startup or proc_clock.process_age_s()
     return _figures(times, startup, torch_threads=torch.get_num_threads(),
@@ -150,12 +157,10 @@ def reference_retrain(reference_dir: str, batch: int, steps: int) -> dict:
 
 
 def _figures(times, startup, **extra) -> dict:
-    steady = sorted(times[1:])
-    median = steady[len(steady) // 2] if len(steady) % 2 else (
-        sum(steady[len(steady) // 2 - 1: len(steady) // 2 + 1]) / 2 if steady else None)
+    median = _median(times[1:])
     return {"startup_s": round(startup, 2), "first_step_s": round(times[0], 2),
             "step_s_median": round(median, 3) if median is not None else None,
-            "steps_timed": len(steady), "peak_rss_gb": round(proc_clock.peak_rss_gb(), 2),
+            "steps_timed": len(times) - 1, "peak_rss_gb": round(proc_clock.peak_rss_gb(), 2),
             **extra}
 
 
@@ -222,8 +227,6 @@ def markdown(rows: list[dict], records: list[dict]) -> str:
              " (s) | ours start-up (s) | start-up ours/ref | reference RSS (GB) | ours RSS (GB) |"
              " RSS ours/ref |", "|---" * 10 + "|"]
     for row in rows:
-        ref, ours = row["reference"], row["ours"]
-
         def each(side, key, digits):
             values = [r.get(key) for r in records if r["config"] == row["config"]
                       and r["side"] == side and "error" not in r]
@@ -234,7 +237,6 @@ def markdown(rows: list[dict], records: list[dict]) -> str:
             f"{each('reference', 'startup_s', 1)} | {each('ours', 'startup_s', 1)} | "
             f"{row.get('startup_ratio', '-')}x | {each('reference', 'peak_rss_gb', 2)} | "
             f"{each('ours', 'peak_rss_gb', 2)} | {row.get('rss_ratio', '-')}x |")
-        del ref, ours
     return "\n".join(lines)
 
 
