@@ -27,7 +27,7 @@ setup(
         # deprecated in its favour since TF 2.19).
         "ai-edge-litert",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "pytest-xdist"]},
     entry_points={
         "console_scripts": [
             # console scripts exit with the returned status
