@@ -109,9 +109,7 @@ class MixedOp(keras.layers.Layer):
         per_channel = tf.gather(tf.cast(weights, x.dtype),
                                 np.repeat(np.arange(self.num_inputs), self.channels))
         columns = tf.unstack(per_channel, axis=1)
-        # Each candidate scales its own output: most end in a batch norm, which takes the
-        # weights as its per-channel scale (`ops.Op._bn`), with no multiply of their own.
-        return tf.add_n([op(x, training=training, output_scale=columns[i])
+        return tf.add_n([columns[i] * op(x, training=training)
                          for i, op in zip(self._indices, self.candidates)])
 
     def _sum_edges(self, y):

@@ -62,19 +62,8 @@ class Op(keras.layers.Layer):
         self._bns.append(variables)
         return len(self._bns) - 1
 
-    @staticmethod
-    def _scaled(y, output_scale):
-        """y * output_scale (per channel) for an op whose output is not a batch norm's."""
-        return y if output_scale is None else y * tf.cast(output_scale, y.dtype)
-
-    def _bn(self, x, index, training, output_scale=None):
+    def _bn(self, x, index, training):
         """One fused batch-norm op (and its one gradient op): cheap to trace.
-
-        `output_scale` (per channel, or None) multiplies the output: it joins the BN's
-        scale and offset, so the search's mixed op weights an op's output inside its last
-        BN, with no multiply of its own, and the BN's gradient op computes the weight's
-        gradient (the sum of upstream x normalised x, per channel) that it computes anyway
-        for the scale.
 
         In training it normalises with the biased batch variance and returns the
         running estimates (1 - m) * old + m * batch with the unbiased variance,
@@ -87,11 +76,6 @@ class Op(keras.layers.Layer):
         channels = v["moving_mean"].shape[0]
         scale = v["gamma"] if "gamma" in v else kernels.graph_constant(1.0, channels)
         offset = v["beta"] if "beta" in v else kernels.graph_constant(0.0, channels)
-        if output_scale is not None:
-            output_scale = tf.cast(output_scale, tf.float32)
-            scale = output_scale if "gamma" not in v else tf.convert_to_tensor(scale) * output_scale
-            if "beta" in v:
-                offset = tf.convert_to_tensor(offset) * output_scale
         replica = tf.distribute.get_replica_context()
         if training and replica is not None and replica.num_replicas_in_sync > 1:
             return self._synchronized_bn(x, v, scale, offset, replica)
@@ -142,7 +126,7 @@ class Zero(Op):
     def build(self, input_shape=None):
         self.built = True
 
-    def call(self, x, training=None, output_scale=None):
+    def call(self, x, training=None):
         return tf.zeros_like(x[:, ::self.stride, ::self.stride, :])
 
     def get_config(self):
@@ -156,8 +140,8 @@ class Identity(Op):
     def build(self, input_shape=None):
         self.built = True
 
-    def call(self, x, training=None, output_scale=None):
-        return self._scaled(x, output_scale)
+    def call(self, x, training=None):
+        return x
 
 
 @keras.saving.register_keras_serializable(package="darts_tf")
@@ -176,11 +160,11 @@ class Pool(Op):
             self._bn_index = self._batch_norm("bn", self.groups * self.channels, affine=False)
         self.built = True
 
-    def call(self, x, training=None, output_scale=None):
+    def call(self, x, training=None):
         y = kernels.pool_3x3(x, self.mode, self.stride)
         if self.batch_norm:
-            return self._bn(y, self._bn_index, training, output_scale)
-        return self._scaled(y, output_scale)
+            y = self._bn(y, self._bn_index, training)
+        return y
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode, "channels": self.channels,
@@ -204,9 +188,9 @@ class ReLUConvBN(Op):
         self._bn_index = self._batch_norm("bn", self.out_channels, self.affine)
         self.built = True
 
-    def call(self, x, training=None, output_scale=None):
+    def call(self, x, training=None):
         y = kernels.conv2d(tf.nn.relu(x), self.kernel, self.stride, self.padding)
-        return self._bn(y, self._bn_index, training, output_scale)
+        return self._bn(y, self._bn_index, training)
 
     def get_config(self):
         return {**super().get_config(), "in_channels": self.in_channels,
@@ -239,7 +223,7 @@ class FactorizedReduce(Op):
         self._bn_index = self._batch_norm("bn", self.groups * self.out_channels, self.affine)
         self.built = True
 
-    def call(self, x, training=None, output_scale=None):
+    def call(self, x, training=None):
         x = tf.nn.relu(x)
         # A 1x1 conv at stride 2 reads pixels (2i, 2j); the second path reads (2i+1, 2j+1).
         y1 = self._half(x, self.kernel_1, shifted=False)
@@ -251,7 +235,7 @@ class FactorizedReduce(Op):
             shape = [-1, y1.shape[1], y1.shape[2], self.groups, half]
             y = tf.concat([tf.reshape(y1, shape), tf.reshape(y2, shape)], axis=-1)
             y = tf.reshape(y, [-1, y1.shape[1], y1.shape[2], self.groups * self.out_channels])
-        return self._bn(y, self._bn_index, training, output_scale)
+        return self._bn(y, self._bn_index, training)
 
     def _half(self, x, kernel, shifted):
         """A 1x1 conv at stride 2 of x, or of x shifted by one pixel (`shifted`).
@@ -299,14 +283,14 @@ class SepConv(Op):
         self._bn_2 = self._batch_norm("bn_2", gc, self.affine)
         self.built = True
 
-    def call(self, x, training=None, output_scale=None):
+    def call(self, x, training=None):
         pad, recompute = self.kernel_size // 2, self.recompute
         y = kernels.relu_depthwise_pointwise(x, self.depthwise_1, self.pointwise_1, self.stride,
                                              pad, recompute=recompute)
         y = self._bn(y, self._bn_1, training)
         y = kernels.relu_depthwise_pointwise(y, self.depthwise_2, self.pointwise_2, 1, pad,
                                              recompute=recompute)
-        return self._bn(y, self._bn_2, training, output_scale)
+        return self._bn(y, self._bn_2, training)
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels,
@@ -332,11 +316,11 @@ class DilConv(Op):
         self._bn_index = self._batch_norm("bn", gc, self.affine)
         self.built = True
 
-    def call(self, x, training=None, output_scale=None):
+    def call(self, x, training=None):
         pad = self.dilation * (self.kernel_size - 1) // 2
         y = kernels.relu_depthwise_pointwise(x, self.depthwise, self.pointwise, self.stride, pad,
                                              self.dilation, self.recompute)
-        return self._bn(y, self._bn_index, training, output_scale)
+        return self._bn(y, self._bn_index, training)
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels,
