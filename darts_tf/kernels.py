@@ -88,17 +88,6 @@ def conv2d(x, kernel, stride: int = 1, padding: int = 0, dilation: int = 1) -> t
                         dilations=dilation)
 
 
-def every_other_pixel(x) -> tf.Tensor:
-    """x[:, ::2, ::2, :], as a 1x1 average pool at stride 2 (the same values, any size).
-
-    The strided slice's gradient (StridedSliceGrad) is a slow generic scatter: slice and
-    gradient together took 3-5x the time of the pool and its gradient at the search and
-    retraining shapes (measured alternating in one process). Dividing by a window of one
-    element is exact, and the pool has gradients of every order.
-    """
-    return tf.nn.avg_pool2d(x, 1, 2, "VALID")
-
-
 def depthwise_conv2d(x, kernel, stride: int = 1, padding: int = 0,
                      dilation: int = 1) -> tf.Tensor:
     """A depthwise convolution with PyTorch padding semantics, built from few graph ops.
@@ -129,7 +118,7 @@ def depthwise_conv2d(x, kernel, stride: int = 1, padding: int = 0,
                 "depthwise_conv2d: a stride above 1 with a dilation above 1 is supported only "
                 "as stride == dilation == 2 with an even padding. "
                 f"Received: stride={stride}, dilation={dilation}, padding={padding}")
-        x = every_other_pixel(x)
+        x = x[:, ::2, ::2, :]
         stride, dilation, padding = 1, 1, padding // 2
     kernel = tf.cast(kernel, x.dtype)
     if dilation == 1:
