@@ -217,9 +217,7 @@ class FixedCell(keras.layers.Layer):
         keep = 1.0 - tf.cast(drop_prob, x.dtype)
         shape = tf.stack([tf.shape(x)[0], 1, 1, 1])
         mask = tf.floor(keep + keras.random.uniform(shape, dtype=x.dtype, seed=self.seed_generator))
-        # One multiply of x by a per-sample factor (0 or 1 / keep): x / keep * mask costs
-        # two full-size ops forward and two backward.
-        return x * (mask / keep)
+        return x / keep * mask
 
     def call(self, s0, s1, drop_prob=None, training=None):
         states = [self.preprocess0(s0, training=training), self.preprocess1(s1, training=training)]
