@@ -176,7 +176,7 @@ def summarize_xplane(path: str, wall: float, steps: int, top: int) -> dict:
                     busy += event.duration_ps / 1e12
                     continue
                 op = _op_type(name)
-                if op is not None and op != "Process":
+                if op is not None:
                     by_type[op] += event.duration_ps / 1e12
     total = sum(by_type.values())
     by_kind = collections.Counter()
@@ -233,6 +233,9 @@ def main():
                         "(printed by an earlier run) instead of profiling; needs --wall")
     parser.add_argument("--wall", type=float, help="the wall seconds of the traced steps")
     args = parser.parse_args()
+    if args.xplane and (args.what != "profile" or args.wall is None):
+        parser.error("--xplane goes with --what=profile and --wall (the traced steps' wall "
+                     f"seconds). Received: --what={args.what}, --wall={args.wall}")
     if args.what == "startup":
         print(json.dumps(startup(args.config)), flush=True)
     elif args.what == "ops":
