@@ -14,7 +14,10 @@ of trainers/search/trainer.py, on random batches, as bench/search_step.py times 
   batch norm, pooling, element-wise, data movement, reductions, ...). Printed: each
   kind's and the top op types' share of the kernel time; kernel time against wall time x
   cores, and against the executor threads' busy time (the rest of it is the executor's
-  own overhead). One JSON line at the end, with the trace's path (--xplane re-reads it).
+  own overhead). Then the allocator's peak during the profiled steps and the tensors live
+  at that moment, by layer and op (from the trace's allocation events; `backward:` marks
+  the gradient's own tensors): what a memory saving would have to remove. One JSON line
+  at the end, with the trace's path (--xplane re-reads it).
 --what=startup: the process's start-up by part, each timed on its own:
   interpreter (process start to this script's first line), import TensorFlow, import
   darts-tf (darts_tf, trainers, configs), build (the trainer: supernet, variables,
@@ -31,6 +34,7 @@ import collections
 import glob
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -179,6 +183,7 @@ def summarize_xplane(path: str, wall: float, steps: int, top: int) -> dict:
                 if op is not None:
                     by_type[op] += event.duration_ps / 1e12
     total = sum(by_type.values())
+    peak_gb, live = memory_at_peak(space)
     by_kind = collections.Counter()
     for op, seconds in by_type.items():
         by_kind[KIND_OF.get(op, "other")] += seconds
@@ -190,7 +195,57 @@ def summarize_xplane(path: str, wall: float, steps: int, top: int) -> dict:
             "kernels_over_busy": round(total / busy, 3) if busy else None,
             "kinds": {k: round(100 * v / total, 1) for k, v in by_kind.most_common()},
             "top_ops": {k: round(100 * v / total, 1) for k, v in by_type.most_common(top)},
-            "other_ops": sorted(op for op in by_type if op not in KIND_OF)}
+            "other_ops": sorted(op for op in by_type if op not in KIND_OF),
+            "allocator_peak_gb": peak_gb,
+            "live_at_peak_gb": {k: round(v / 1e9, 3) for k, v in live.most_common(top)}}
+
+
+def _layer_label(tf_op: str) -> str:
+    """"cell_2_1/node_5_from_0_to_1_1/sep_conv_3x3_1/Conv2D" -> "sep_conv_3x3/Conv2D": the
+    innermost layer (Keras' call-count suffixes dropped) and the op; "backward:" in front
+    for the gradient's own tensors."""
+    parts = [re.sub(r"(_\d+)+$", "", p) for p in tf_op.split("/")]
+    backward = "backward: " if any(p.startswith("gradient_tape") for p in parts) else ""
+    layers = [p for p in parts[:-1] if not p.startswith(("gradient_tape", "cell", "StatefulPartitionedCall"))]
+    return backward + "/".join(([re.sub(r"_from_\d+_to$", "", layers[-1])] if layers else []) + parts[-1:])
+
+
+def memory_at_peak(space) -> tuple[float | None, collections.Counter]:
+    """The allocator's peak in the trace (GB) and the bytes live at that moment by `_layer_label`.
+
+    From the allocator's MemoryAllocation / MemoryDeallocation events (address, size, and
+    the op that allocated), replayed in time order; (None, empty) if the trace has none.
+    """
+    events = []
+    for plane in space.planes:
+        names = {k: v.name for k, v in plane.event_metadata.items()}
+        stat_names = {k: v.name for k, v in plane.stat_metadata.items()}
+        for line in plane.lines:
+            for event in line.events:
+                kind = names.get(event.metadata_id)
+                if kind not in ("MemoryAllocation", "MemoryDeallocation"):
+                    continue
+                stats = {}
+                for stat in event.stats:
+                    name = stat_names.get(stat.metadata_id)
+                    if stat.WhichOneof("value") == "ref_value":
+                        stats[name] = stat_names.get(stat.ref_value, "")
+                    else:
+                        stats[name] = getattr(stat, stat.WhichOneof("value") or "int64_value")
+                events.append((line.timestamp_ns * 1000 + event.offset_ps, kind, stats))
+    events.sort(key=lambda e: e[0])
+    live, peak, at_peak = {}, 0, {}
+    for _, kind, stats in events:
+        if kind == "MemoryAllocation":
+            live[stats.get("addr")] = (stats.get("allocation_bytes", 0), stats.get("tf_op", ""))
+        else:
+            live.pop(stats.get("addr"), None)
+        if stats.get("bytes_allocated", 0) > peak:
+            peak, at_peak = stats["bytes_allocated"], dict(live)
+    by_label = collections.Counter()
+    for size, op in at_peak.values():
+        by_label[_layer_label(op) if op else "(no op)"] += size
+    return (round(peak / 1e9, 3) if events else None), by_label
 
 
 def profile(config_text: str, steps: int, top: int) -> dict:
@@ -245,6 +300,10 @@ def main():
                   else profile(args.config, args.steps, args.top))
         for kind, share in result["kinds"].items():
             print(f"{kind:20s} {share:5.1f}%")
+        if result["allocator_peak_gb"] is not None:
+            print(f"allocator peak {result['allocator_peak_gb']} GB; live then, by layer/op:")
+            for label, gb in result["live_at_peak_gb"].items():
+                print(f"  {gb:7.3f} GB  {label}")
         print(json.dumps(result), flush=True)
 
 

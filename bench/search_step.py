@@ -15,6 +15,10 @@ configuration:
                  imports, build, trace, graph optimisation, first step)
   step_s_median  median wall time of the steps after the first (warm-up) one
   peak_rss_gb    peak resident memory of the process (ru_maxrss)
+  allocator_peak_gb  the largest peak of TensorFlow's CPU allocator in a step after the
+                 first: the step's tensors alone, without the graphs, the code and the
+                 allocator's cached free memory that RSS also counts (None where the
+                 build keeps no statistics)
   forward_macs   multiply-adds of one forward pass per example (darts_tf.count_multiply_adds
                  on the supernet's graph: convolutions and matmuls)
   step_gflop     floating-point work of one step, counted on the traced step's graph
@@ -89,15 +93,19 @@ def run_one(order: str, batch: int, steps: int, model: str = "reference",
                     tf.constant(rng.integers(0, 10, size=batch).astype(np.int32)))
         return one(), one()
 
-    times = []
+    times, allocator_peaks = [], []
     for _ in range(steps):
         train, val = batch_pair()
+        if times:
+            _reset_allocator_peak(tf)
         start = time.time()
         metrics = trainer.step(train, val)
         float(metrics["loss"])  # wait for the step
         times.append(time.time() - start)
         if len(times) == 1:
             startup = proc_clock.process_age_s()
+        else:
+            allocator_peaks.append(_allocator_peak_gb(tf))
     peak_rss_gb = proc_clock.peak_rss_gb()
     # Counted after the timing and the memory (it retraces nothing: the graph is cached).
     train, val = batch_pair()
@@ -110,9 +118,26 @@ def run_one(order: str, batch: int, steps: int, model: str = "reference",
             "step_s_median": round(float(np.median(times[1:])), 2) if len(times) > 1 else None,
             "steps_timed": len(times) - 1,
             "peak_rss_gb": round(peak_rss_gb, 2),
+            "allocator_peak_gb": (max(allocator_peaks) if allocator_peaks
+                                  and None not in allocator_peaks else None),
             "step_traces": trainer.step_traces, "forward_macs": macs,
             "step_gflop": float(f"{gflop:.4g}"),
             "gflops": float(f"{gflop / float(np.median(times[1:])):.4g}") if len(times) > 1 else None}
+
+
+def _reset_allocator_peak(tf):
+    try:
+        tf.config.experimental.reset_memory_stats("CPU:0")
+    except (ValueError, tf.errors.OpError):  # a build whose CPU allocator keeps no statistics
+        pass
+
+
+def _allocator_peak_gb(tf):
+    """TensorFlow's CPU allocator's peak since the last reset (GB): the tensors' memory alone."""
+    try:
+        return round(tf.config.experimental.get_memory_info("CPU:0")["peak"] / 1e9, 3)
+    except (ValueError, KeyError, tf.errors.OpError):
+        return None
 
 
 def matmul_gflops(n: int = 4096, repeats: int = 10) -> float:

@@ -57,3 +57,53 @@ def test_configs_are_checked():
         assert exit_.code == 2
     else:
         raise AssertionError("an unknown order was accepted")
+
+
+def _allocation_trace(events):
+    """An XSpace with allocator events as TensorFlow's profiler writes them: on a tf_Compute
+    line, the op name as a reference to a stat metadata entry, the rest as integers."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=import-outside-toplevel
+
+    space = xplane_pb2.XSpace()
+    plane = space.planes.add(name="/host:CPU")
+    plane.event_metadata[1].name = "MemoryAllocation"
+    plane.event_metadata[2].name = "MemoryDeallocation"
+    for i, name in enumerate(("addr", "allocation_bytes", "bytes_allocated", "tf_op"), start=1):
+        plane.stat_metadata[i].name = name
+    ops = sorted({op for _, _, _, _, op in events if op})
+    for j, op in enumerate(ops, start=100):
+        plane.stat_metadata[j].name = op
+    line = plane.lines.add(name="tf_Compute/1", timestamp_ns=1000)
+    # Written out of time order: the summary must sort them.
+    for offset, kind, addr, size_and_total, op in reversed(events):
+        event = line.events.add(metadata_id=1 if kind == "alloc" else 2, offset_ps=offset)
+        event.stats.add(metadata_id=1, uint64_value=addr)
+        size, total = size_and_total
+        if kind == "alloc":
+            event.stats.add(metadata_id=2, int64_value=size)
+        event.stats.add(metadata_id=3, int64_value=total)
+        if op:
+            event.stats.add(metadata_id=4, ref_value=100 + ops.index(op))
+    return space
+
+
+def test_memory_at_peak_replays_allocations_and_labels_the_live_tensors():
+    import profile_step  # pylint: disable=import-outside-toplevel
+
+    gb = 10 ** 9
+    events = [  # (time, kind, address, (size, bytes in use after), op)
+        (10, "alloc", 1, (2 * gb, 2 * gb), "cell_0_1/node_2_from_0_to_1_1/sep_conv_3x3_1/Conv2D"),
+        (20, "alloc", 2, (1 * gb, 3 * gb), "cell_0_1/preprocess0_1/Conv2D"),
+        (30, "free", 1, (0, 1 * gb), None),
+        (40, "alloc", 3, (3 * gb, 4 * gb),
+         "gradient_tape/cell_1_1/node_3_from_0_to_2_1/max_pool_3x3_1/MaxPoolGrad"),
+        (50, "alloc", 4, (gb // 2, int(4.5 * gb)), "cell_1_1/concat"),
+        (60, "free", 3, (0, int(1.5 * gb)), None),
+        (70, "alloc", 5, (2 * gb, int(3.5 * gb)), "cell_2_1/node_2_from_0_to_1_1/sep_conv_3x3_1/Conv2D"),
+    ]
+    peak, live = profile_step.memory_at_peak(_allocation_trace(events))
+    assert peak == 4.5
+    assert dict(live) == {"preprocess0/Conv2D": 1 * gb,
+                          "backward: max_pool_3x3/MaxPoolGrad": 3 * gb,
+                          "concat": gb // 2}
+    assert profile_step.memory_at_peak(_allocation_trace([])) == (None, {})
