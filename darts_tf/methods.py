@@ -83,27 +83,27 @@ class PartialChannelMixedOp(cells.MixedOp):
     # pylint: disable-next=arguments-differ
     def call(self, inputs, weights, training=None, edge_weights=None):
         """`edge_weights`: (num_inputs,) weights of these edges, or None (all 1)."""
-        x = inputs[0] if len(inputs) == 1 else tf.concat(inputs, axis=-1)
         if edge_weights is not None:
             weights = weights * edge_weights[:, None]
-        k, g = self.partial_channels, self.num_inputs
-        if k == 1:
+        if self.partial_channels == 1:
+            x = inputs[0] if len(inputs) == 1 else tf.concat(inputs, axis=-1)
             return self._sum_edges(self._mix(x, weights, training))
-        size, c, rest = x.shape[1:3], self.channels, self.full_channels - self.channels
-        # One split, not two strided slices: the gradient of a split is one concatenation,
-        # where each slice's gradient writes a zero tensor of the input's size and scatters
-        # into it (StridedSliceGrad took 23% of the step at batch 256, BENCHMARKS.md).
-        part, bypass = tf.split(tf.reshape(x, [-1, size[0], size[1], g, self.full_channels]),
-                                [c, rest], axis=-1)
-        part = tf.reshape(part, [-1, size[0], size[1], g * c])
+        # Each edge's input split once into its candidates' channels and its bypass, with no
+        # concatenation of the whole inputs: a split's gradient is one concatenation, where
+        # two strided slices' gradients each write a zero tensor of the input's size and
+        # scatter into it (StridedSliceGrad took 23% of the step at batch 256), and a
+        # concatenation's gradient slices its whole size again (BENCHMARKS.md).
+        parts, bypasses = zip(*(tf.split(x, [self.channels, self.full_channels - self.channels],
+                                         axis=-1) for x in inputs))
+        part = parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
         y = self._sum_edges(self._mix(part, weights, training))
         if self.stride == 2:
-            pooled = tf.nn.max_pool2d(tf.reshape(bypass, [-1, size[0], size[1], g * rest]), 2, 2,
-                                      "VALID")
-            bypass = tf.reshape(pooled, [-1, pooled.shape[1], pooled.shape[2], g, rest])
+            bypasses = [tf.nn.max_pool2d(b, 2, 2, "VALID") for b in bypasses]
         if edge_weights is not None:
-            bypass = bypass * tf.reshape(tf.cast(edge_weights, bypass.dtype), [1, 1, 1, g, 1])
-        return channel_shuffle(tf.concat([y, tf.reduce_sum(bypass, axis=3)], axis=-1), k)
+            scales = tf.unstack(tf.cast(edge_weights, y.dtype))
+            bypasses = [scale * b for scale, b in zip(scales, bypasses)]
+        bypass = bypasses[0] if len(bypasses) == 1 else tf.add_n(bypasses)
+        return channel_shuffle(tf.concat([y, bypass], axis=-1), self.partial_channels)
 
     def get_config(self):
         return {**super().get_config(), "channels": self.full_channels,
