@@ -233,6 +233,99 @@ def _recomputing_relu_depthwise_pointwise(x, depthwise, pointwise, stride, paddi
     return block(x, depthwise, pointwise)
 
 
+def batch_norm_keeping_output(x, moving_mean, moving_variance, epsilon: float, momentum: float):
+    """Training-mode batch norm without scale and offset whose gradient reads y, not x.
+
+    Returns (y, new moving mean, new moving variance) as `tf.raw_ops.FusedBatchNorm` with
+    `exponential_avg_factor=momentum` does. Its usual gradient keeps the input x until the
+    backward pass; without scale and offset the output y is x normalised, so the gradient
+    can be taken from y and the batch's 1/std instead. In a supernet y is kept anyway (the
+    mixed op's weighting needs it for the alphas' gradient, the next block reads it), so
+    every such batch norm's input, a conv or pool output, need not be kept (BENCHMARKS.md,
+    "memory"). The same gradient op computes it: FusedBatchNormGrad on y with mean 0,
+    variance 1 - epsilon (so that y is its own normalised value) and 1/std as the scale.
+
+    Args:
+      x: float32 NHWC input.
+      moving_mean, moving_variance: the running estimates (float32 tensors, x's channels).
+    """
+    channels = x.shape[-1]
+    zeros = graph_constant(0.0, channels)
+    stats = []
+
+    @tf.custom_gradient
+    def normalize(x):
+        y, new_mean, new_variance, batch_mean, batch_variance = tf.raw_ops.FusedBatchNorm(
+            x=x, scale=graph_constant(1.0, channels), offset=zeros, mean=moving_mean,
+            variance=moving_variance, epsilon=epsilon, is_training=True,
+            exponential_avg_factor=momentum)
+        del batch_mean
+        stats.extend([new_mean, new_variance])
+        inv_std = _inv_std(x, y, tf.math.rsqrt(batch_variance + epsilon))
+
+        def grad(dy):
+            return _normalized_input_grad(dy, y, inv_std, epsilon)
+
+        return y, grad
+
+    y = normalize(x)
+    return y, stats[0], stats[1]
+
+
+def _normalized_input_grad(dy, y, inv_std, epsilon):
+    """dx = inv_std * (dy - mean(dy) - y * mean(dy * y)), means per channel: the batch norm's
+    input gradient from its output y. One FusedBatchNormGrad computes it (on y, with mean 0
+    and variance 1 - epsilon, scaled by inv_std). Its own derivatives (which the exact
+    Hessian-vector product takes) are written out: the op's registered second derivative
+    would renormalise y by y's own batch statistics, which differ from 0 and 1 by O(epsilon).
+    """
+    channels = y.shape[-1]
+
+    def fused(dy):
+        return tf.raw_ops.FusedBatchNormGrad(
+            y_backprop=dy, x=y, scale=inv_std, reserve_space_1=graph_constant(0.0, channels),
+            reserve_space_2=graph_constant(1.0 - epsilon, channels), epsilon=epsilon,
+            is_training=True)[0]
+
+    @tf.custom_gradient
+    def value(dy, y, inv_std):
+        def grad(upstream):
+            # d/d dy: the same linear map applied to the upstream gradient (it is symmetric).
+            # d/dy_k = -inv_std * (upstream_k * mean(dy * y) + dy_k * mean(upstream * y)).
+            # d/d inv_std = sum(upstream * dx) / inv_std.
+            axes = [0, 1, 2]
+            dx = fused(dy)
+            dy_y = tf.reduce_mean(dy * y, axes)
+            up_y = tf.reduce_mean(upstream * y, axes)
+            return (fused(upstream), -inv_std * (upstream * dy_y + dy * up_y),
+                    tf.reduce_sum(upstream * dx, axes) / inv_std)
+
+        return fused(dy), grad
+
+    return value(dy, y, inv_std)
+
+
+def _inv_std(x, y, inv_std):
+    """`inv_std` (the batch's 1/std per channel), with its derivative in x taken from y.
+
+    FusedBatchNorm passes no gradient from its statistics outputs, but the gradient
+    above depends on x through 1/std too, and the exact Hessian-vector product
+    differentiates that gradient. d(1/std_c)/dx_i = -(1/std_c)^2 y_i / n for x_i in
+    channel c, n values per channel: y again, not x.
+    """
+    @tf.custom_gradient
+    def value(x):
+        del x
+
+        def grad(upstream):
+            count = tf.cast(tf.size(y) // tf.shape(y)[-1], y.dtype)
+            return -tf.square(inv_std) / count * upstream * y
+
+        return tf.identity(inv_std), grad
+
+    return value(x)
+
+
 _POOL_3X3 = ([1, 3, 3, 1], [1, 1, 1, 1])
 
 

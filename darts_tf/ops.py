@@ -79,6 +79,14 @@ class Op(keras.layers.Layer):
         replica = tf.distribute.get_replica_context()
         if training and replica is not None and replica.num_replicas_in_sync > 1:
             return self._synchronized_bn(x, v, scale, offset, replica)
+        if training and x.dtype == tf.float32 and "gamma" not in v:
+            # The search cells' batch norms: a gradient that keeps y, not x (kernels).
+            y, mean, variance = kernels.batch_norm_keeping_output(
+                x, tf.convert_to_tensor(v["moving_mean"]),
+                tf.convert_to_tensor(v["moving_variance"]), BN_EPSILON, BN_MOMENTUM)
+            v["moving_mean"].assign(mean)
+            v["moving_variance"].assign(variance)
+            return y
         # float32: the op's first version, the same kernel. The gradient tape knows that its
         # gradient needs no zeros for the unused statistics outputs; for V3 it makes a zero
         # constant for each of them, five per BN (3,230 dead ops in the reference search

@@ -330,3 +330,70 @@ def test_recomputing_convs_give_the_same_values_and_first_and_second_derivatives
     assert float(tf.reduce_max(tf.abs(h0))) > 1e-3
     for a, b in zip(g0 + [h0], g1 + [h1]):  # values of order 1-10
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_keeping_output_matches_fused_batch_norm_and_reads_only_its_output():
+    """The search cells' batch norm: the same outputs and running estimates as
+    FusedBatchNorm, its gradient against a float64 computation, its second derivative
+    against the built-in one, and no gradient op reads the input (memory)."""
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(6, 5, 5, 4)).astype(np.float32) * 3 + 1)
+    dy = tf.constant(rng.normal(size=(6, 5, 5, 4)).astype(np.float32))
+    direction = tf.constant(rng.normal(size=(6, 5, 5, 4)).astype(np.float32))
+    moving_mean = tf.constant(rng.normal(size=4).astype(np.float32))
+    moving_variance = tf.constant(rng.uniform(0.5, 2.0, size=4).astype(np.float32))
+
+    def builtin(x):
+        return tuple(tf.raw_ops.FusedBatchNorm(
+            x=x, scale=tf.ones(4), offset=tf.zeros(4), mean=moving_mean,
+            variance=moving_variance, epsilon=ops.BN_EPSILON, is_training=True,
+            exponential_avg_factor=ops.BN_MOMENTUM)[:3])
+
+    def ours(x):
+        return kernels.batch_norm_keeping_output(x, moving_mean, moving_variance,
+                                                 ops.BN_EPSILON, ops.BN_MOMENTUM)
+
+    def derivatives(bn, x):
+        with tf.GradientTape() as outer:
+            outer.watch(x)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                x_in = tf.identity(x, name="bn_input")
+                outputs = bn(x_in)
+            grad = inner.gradient(outputs[0], x_in, output_gradients=dy)
+            dot = tf.reduce_sum(tf.sin(grad) * direction)
+        return outputs, grad, outer.gradient(dot, x)
+
+    (b_out, b_grad, b_second), (o_out, o_grad, o_second) = [
+        tf.function(lambda x, bn=bn: derivatives(bn, x), autograph=False)(x)
+        for bn in (builtin, ours)]
+    for b, o in zip(b_out, o_out):
+        np.testing.assert_array_equal(b.numpy(), o.numpy())
+    x64, g64 = x.numpy().astype(np.float64), dy.numpy().astype(np.float64)
+    variance = x64.var(axis=(0, 1, 2))
+    normalised = (x64 - x64.mean(axis=(0, 1, 2))) / np.sqrt(variance + ops.BN_EPSILON)
+    expected = (g64 - g64.mean(axis=(0, 1, 2))
+                - normalised * (g64 * normalised).mean(axis=(0, 1, 2))) / np.sqrt(
+                    variance + ops.BN_EPSILON)
+    np.testing.assert_allclose(o_grad.numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b_grad.numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert np.abs(b_second.numpy()).max() > 1e-2
+    np.testing.assert_allclose(o_second.numpy(), b_second.numpy(), rtol=1e-5, atol=1e-6)
+
+    def readers_of_the_input(bn):
+        """The ops of a first-order gradient's graph that read the batch norm's input."""
+        def gradient(x):
+            with tf.GradientTape() as tape:
+                x_in = tf.identity(x, name="bn_input")
+                tape.watch(x_in)
+                y = bn(x_in)[0]
+            return tape.gradient(y, x_in, output_gradients=dy)
+
+        graph = tf.function(gradient, autograph=False).get_concrete_function(x).graph
+        x_in = graph.get_operation_by_name("bn_input").outputs[0]
+        return [op.type for op in graph.get_operations()
+                if x_in.ref() in {t.ref() for t in op.inputs}]
+
+    assert "FusedBatchNormGrad" in readers_of_the_input(builtin)  # the check below can fail
+    assert "FusedBatchNorm" in readers_of_the_input(ours)
+    assert not [t for t in readers_of_the_input(ours) if t.endswith("Grad")]
