@@ -289,18 +289,19 @@ def _normalized_input_grad(dy, y, inv_std, epsilon):
 
     @tf.custom_gradient
     def value(dy, y, inv_std):
+        dx = fused(dy)
+
         def grad(upstream):
             # d/d dy: the same linear map applied to the upstream gradient (it is symmetric).
             # d/dy_k = -inv_std * (upstream_k * mean(dy * y) + dy_k * mean(upstream * y)).
             # d/d inv_std = sum(upstream * dx) / inv_std.
             axes = [0, 1, 2]
-            dx = fused(dy)
             dy_y = tf.reduce_mean(dy * y, axes)
             up_y = tf.reduce_mean(upstream * y, axes)
             return (fused(upstream), -inv_std * (upstream * dy_y + dy * up_y),
                     tf.reduce_sum(upstream * dx, axes) / inv_std)
 
-        return fused(dy), grad
+        return dx, grad
 
     return value(dy, y, inv_std)
 

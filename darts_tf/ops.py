@@ -84,20 +84,19 @@ class Op(keras.layers.Layer):
             y, mean, variance = kernels.batch_norm_keeping_output(
                 x, tf.convert_to_tensor(v["moving_mean"]),
                 tf.convert_to_tensor(v["moving_variance"]), BN_EPSILON, BN_MOMENTUM)
-            v["moving_mean"].assign(mean)
-            v["moving_variance"].assign(variance)
-            return y
-        # float32: the op's first version, the same kernel. The gradient tape knows that its
-        # gradient needs no zeros for the unused statistics outputs; for V3 it makes a zero
-        # constant for each of them, five per BN (3,230 dead ops in the reference search
-        # step's graph, traced and then pruned). V3 for float16 / bfloat16 inputs.
-        bn = tf.raw_ops.FusedBatchNorm if x.dtype == tf.float32 else tf.raw_ops.FusedBatchNormV3
-        y, mean, variance = bn(
-            x=x, scale=tf.convert_to_tensor(scale), offset=tf.convert_to_tensor(offset),
-            mean=tf.convert_to_tensor(v["moving_mean"]),
-            variance=tf.convert_to_tensor(v["moving_variance"]),
-            epsilon=BN_EPSILON, is_training=bool(training),
-            exponential_avg_factor=BN_MOMENTUM if training else 1.0)[:3]
+        else:
+            # float32: the op's first version, the same kernel. The gradient tape knows that
+            # its gradient needs no zeros for the unused statistics outputs; for V3 it makes a
+            # zero constant for each of them, five per BN (3,230 dead ops in the reference
+            # search step's graph, traced and then pruned). V3 for float16 / bfloat16 inputs.
+            bn = (tf.raw_ops.FusedBatchNorm if x.dtype == tf.float32
+                  else tf.raw_ops.FusedBatchNormV3)
+            y, mean, variance = bn(
+                x=x, scale=tf.convert_to_tensor(scale), offset=tf.convert_to_tensor(offset),
+                mean=tf.convert_to_tensor(v["moving_mean"]),
+                variance=tf.convert_to_tensor(v["moving_variance"]),
+                epsilon=BN_EPSILON, is_training=bool(training),
+                exponential_avg_factor=BN_MOMENTUM if training else 1.0)[:3]
         if training:
             v["moving_mean"].assign(mean)
             v["moving_variance"].assign(variance)
