@@ -105,11 +105,11 @@ class MixedOp(keras.layers.Layer):
 
     def _mix(self, x, weights, training):
         """Per edge, sum_k w[e, k] * op_k(x_e); x and the result hold the edges side by side."""
-        # Per-channel weights: edge e's weight for op k on its `channels` channels.
-        per_channel = tf.gather(tf.cast(weights, x.dtype),
-                                np.repeat(np.arange(self.num_inputs), self.channels))
+        # Per-channel weights: edge e's weight for op k on its `channels` channels, applied
+        # by the op to its output (most fold it into their last batch norm).
+        per_channel = tf.gather(weights, np.repeat(np.arange(self.num_inputs), self.channels))
         columns = tf.unstack(per_channel, axis=1)
-        return tf.add_n([columns[i] * op(x, training=training)
+        return tf.add_n([op(x, training=training, output_scale=columns[i])
                          for i, op in zip(self._indices, self.candidates)])
 
     def _sum_edges(self, y):

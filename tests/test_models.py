@@ -397,3 +397,56 @@ def test_batch_norm_keeping_output_matches_fused_batch_norm_and_reads_only_its_o
     assert "FusedBatchNormGrad" in readers_of_the_input(builtin)  # the check below can fail
     assert "FusedBatchNorm" in readers_of_the_input(ours)
     assert not [t for t in readers_of_the_input(ours) if t.endswith("Grad")]
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_output_scale_equals_scaling_the_output_in_values_and_derivatives(stride):
+    """Each search candidate applies the mixed op's per-channel weights itself (most in
+    their last batch norm): the same output, running estimates, gradients (input, weights,
+    scale) and second derivatives as multiplying the unscaled output, on two edges."""
+    rng = np.random.default_rng(1)
+    channels, groups = 4, 2
+    x = tf.constant(rng.normal(size=(3, 8, 8, groups * channels)).astype(np.float32))
+    out_size = 8 // stride
+    dy = tf.constant(rng.normal(size=(3, out_size, out_size, groups * channels)).astype(
+        np.float32))
+    # Softmax-like weights of two edges, one of them tiny (a collapsed op).
+    scale = tf.constant(np.repeat([0.3, 1e-7], channels).astype(np.float32))
+    for name in PRIMITIVES[1:]:
+        op = ops.make_op(name, channels, stride, affine=False, search=True, groups=groups)
+
+        def derivatives(fused):
+            state = [v.numpy() for v in op.variables]
+            with tf.GradientTape() as outer:
+                outer.watch([x, scale])
+                with tf.GradientTape() as tape:
+                    tape.watch([x, scale])
+                    y = (op(x, training=True, output_scale=scale) if fused
+                         else tf.reshape(scale, [1, 1, 1, -1]) * op(x, training=True))
+                grads = tape.gradient(y, [x, scale, *op.trainable_variables],
+                                      output_gradients=dy)
+                dot = tf.reduce_sum(tf.sin(grads[0]))
+            second = outer.gradient(dot, [x, scale])
+            moving = [v.numpy() for v in op.non_trainable_variables]
+            for v, value in zip(op.variables, state):
+                v.assign(value)
+            return y, grads, second, moving
+
+        (y_f, g_f, s_f, m_f), (y_m, g_m, s_m, m_m) = derivatives(True), derivatives(False)
+        np.testing.assert_allclose(y_f.numpy(), y_m.numpy(), rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+        for f, m in zip(g_f, g_m):
+            assert f is not None and m is not None, name
+            np.testing.assert_allclose(f.numpy(), m.numpy(), rtol=1e-4, atol=1e-5,
+                                       err_msg=name)
+        for f, m in zip(s_f, s_m):  # of the input gradient, as the exact Hessian takes them
+            assert (f is None) == (m is None), name  # None: the identity's, on x
+            if f is None:
+                continue
+            np.testing.assert_allclose(f.numpy(), m.numpy(), rtol=1e-4,
+                                       atol=1e-5 * max(1.0, np.abs(m.numpy()).max()),
+                                       err_msg=name)
+        for f, m in zip(m_f, m_m):
+            np.testing.assert_array_equal(f, m, err_msg=name)
+    # Neither the scale's gradient nor its second derivative is trivially zero.
+    assert np.abs(g_f[1].numpy()).max() > 1e-2 and np.abs(s_f[1].numpy()).max() > 1e-3
