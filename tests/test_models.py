@@ -450,3 +450,60 @@ def test_output_scale_equals_scaling_the_output_in_values_and_derivatives(stride
             np.testing.assert_array_equal(f, m, err_msg=name)
     # Neither the scale's gradient nor its second derivative is trivially zero.
     assert np.abs(g_f[1].numpy()).max() > 1e-2 and np.abs(s_f[1].numpy()).max() > 1e-3
+
+
+def test_custom_gradient_records_only_results_and_matches_tf_custom_gradient():
+    """kernels.custom_gradient: the gradient of tf.custom_gradient, by tape (first and
+    second order) and by tf.gradients, with no zero tensors built for its inputs' copies;
+    a function that reads a variable is refused."""
+    def f(x, w):
+        y = tf.sin(x) * w
+
+        def grad(dy):  # deliberately not the true gradient: the custom one must be used
+            return dy * 2.0 * tf.cos(x) * w, tf.reduce_sum(dy * x * x)
+
+        return y, grad
+
+    ours, theirs = kernels.custom_gradient(f), tf.custom_gradient(f)
+    x = tf.constant(np.linspace(-1.0, 1.5, 6).astype(np.float32))
+    w = tf.constant(0.7)
+
+    def derivatives(g, x, w):
+        with tf.GradientTape() as outer:
+            outer.watch([x, w])
+            with tf.GradientTape() as tape:
+                tape.watch([x, w])
+                y = g(x, w)
+                loss = tf.reduce_sum(y * y)
+            dx, dw = tape.gradient(loss, [x, w])
+            dot = tf.reduce_sum(dx) + dw
+        return y, dx, dw, outer.gradient(dot, [x, w])
+
+    expected = derivatives(theirs, x, w)
+    for result in (derivatives(ours, x, w),  # eagerly: tf.custom_gradient itself
+                   tf.function(lambda x, w: derivatives(ours, x, w))(x, w)):
+        for a, b in zip(tf.nest.flatten(result), tf.nest.flatten(expected)):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(expected[1].numpy(),
+                               2 * np.sin(x.numpy()) * 0.7 * 2 * np.cos(x.numpy()) * 0.7,
+                               rtol=1e-5)  # the custom rule, not the true one (half of it)
+
+    @tf.function
+    def symbolic(x, w):
+        return tf.gradients(tf.reduce_sum(ours(x, w)), [x, w])
+    for a, b in zip(symbolic(x, w), [2.0 * tf.cos(x) * w, tf.reduce_sum(x * x)]):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+
+    def zeros(g):
+        """The dead zero tensors in the graph of a first-order gradient."""
+        graph = tf.function(lambda x, w: derivatives(g, x, w)[1]).get_concrete_function(
+            x, w).graph
+        return [op.name for op in graph.get_operations()
+                if op.outputs and not any(t.consumers() for t in op.outputs)
+                and op.name.startswith("zeros")]
+    assert len(zeros(theirs)) >= 2 and not zeros(ours)  # the zeros for x's and w's copies
+
+    v = tf.Variable(1.0)
+    reads_variable = kernels.custom_gradient(lambda x: (x * v, lambda dy: dy))
+    with pytest.raises(ValueError, match="reads variables"):
+        tf.function(reads_variable)(x)
