@@ -292,10 +292,11 @@ def batch_norm_keeping_output(x, moving_mean, moving_variance, epsilon: float, m
     Returns (y, new moving mean, new moving variance) as `tf.raw_ops.FusedBatchNorm` with
     `exponential_avg_factor=momentum` does. Its usual gradient keeps the input x until the
     backward pass; without scale and offset the output y is x normalised, so the gradient
-    can be taken from y and the batch's 1/std instead. In a supernet y is kept anyway (the
-    mixed op's weighting needs it for the alphas' gradient, the next block reads it), so
-    every such batch norm's input, a conv or pool output, need not be kept (BENCHMARKS.md,
-    "memory"). The same gradient op computes it: FusedBatchNormGrad on y with mean 0,
+    can be taken from y and the batch's 1/std instead. In a supernet the batch norms that
+    use it (the cells' preprocessing, a separable conv's first one) feed blocks that keep
+    y anyway, so their input, a conv output, need not be kept as well (BENCHMARKS.md,
+    "memory"). The candidates' last batch norms take the mixed op's weights as their
+    scale instead (`ops.Op._bn`). The same gradient op computes it: FusedBatchNormGrad on y with mean 0,
     variance 1 - epsilon (so that y is its own normalised value) and 1/std as the scale.
 
     Args:

@@ -93,7 +93,7 @@ class Op(keras.layers.Layer):
         if training and replica is not None and replica.num_replicas_in_sync > 1:
             return self._synchronized_bn(x, v, scale, offset, replica)
         if training and x.dtype == tf.float32 and "gamma" not in v and output_scale is None:
-            # The search cells' batch norms: a gradient that keeps y, not x (kernels).
+            # The search cells' other batch norms: a gradient that keeps y, not x (kernels).
             y, mean, variance = kernels.batch_norm_keeping_output(
                 x, tf.convert_to_tensor(v["moving_mean"]),
                 tf.convert_to_tensor(v["moving_variance"]), BN_EPSILON, BN_MOMENTUM)
@@ -114,6 +114,11 @@ class Op(keras.layers.Layer):
             v["moving_mean"].assign(mean)
             v["moving_variance"].assign(variance)
         return y
+
+    @staticmethod
+    def _scaled(y, output_scale):
+        """y times the per-channel `output_scale`, if given (the ops without a final BN)."""
+        return y if output_scale is None else y * tf.cast(output_scale, y.dtype)
 
     @staticmethod
     def _synchronized_bn(x, v, scale, offset, replica):
@@ -161,7 +166,7 @@ class Identity(Op):
         self.built = True
 
     def call(self, x, training=None, output_scale=None):
-        return x if output_scale is None else x * tf.cast(output_scale, x.dtype)
+        return self._scaled(x, output_scale)
 
 
 @keras.saving.register_keras_serializable(package="darts_tf")
@@ -184,7 +189,7 @@ class Pool(Op):
         y = kernels.pool_3x3(x, self.mode, self.stride)
         if self.batch_norm:
             return self._bn(y, self._bn_index, training, output_scale)
-        return y if output_scale is None else y * tf.cast(output_scale, y.dtype)
+        return self._scaled(y, output_scale)
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode, "channels": self.channels,
