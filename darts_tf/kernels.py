@@ -176,21 +176,85 @@ def depthwise_conv2d(x, kernel, stride: int = 1, padding: int = 0,
     kernel = tf.cast(kernel, x.dtype)
     if dilation == 1:
         # Explicit padding inside the conv op: no padded copy of x is kept for the backward.
-        return tf.raw_ops.DepthwiseConv2dNative(
-            input=x, filter=kernel, strides=[1, stride, stride, 1],
-            padding="EXPLICIT" if padding else "VALID",
-            explicit_paddings=[0, 0, padding, padding, padding, padding, 0, 0] if padding else [])
+        if stride == 1:
+            return _depthwise_stride_1(x, kernel, padding)
+        return tf.raw_ops.DepthwiseConv2dNative(input=x, filter=kernel,
+                                                strides=[1, stride, stride, 1],
+                                                **_depthwise_padding(padding))
     spatial = x.shape[1:3]
     if stride == 1 and all(n is not None and (n + 2 * padding) % dilation == 0 for n in spatial):
+        if native_dilated_depthwise() and all(n % dilation == 0 for n in spatial):
+            return _depthwise_stride_1(x, kernel, padding, dilation)
         block, pads = [dilation, dilation], [[padding, padding], [padding, padding]]
         phases = tf.space_to_batch_nd(x, block, pads)
-        y = tf.raw_ops.DepthwiseConv2dNative(input=phases, filter=kernel, strides=[1, 1, 1, 1],
-                                             padding="VALID")
-        return tf.batch_to_space(y, block, [[0, 0], [0, 0]])
+        return tf.batch_to_space(_depthwise_stride_1(phases, kernel, 0), block, [[0, 0], [0, 0]])
     # Odd sizes (e.g. 7x7 in ImageNet networks): TensorFlow's general dilated path.
     pads = [[0, 0], [padding, padding], [padding, padding], [0, 0]] if padding else "VALID"
     return tf.nn.depthwise_conv2d(x, kernel, strides=[1, stride, stride, 1], padding=pads,
                                   dilations=[dilation, dilation])
+
+
+def _depthwise_padding(padding: int) -> dict:
+    """DepthwiseConv2dNative's padding arguments for `padding` zeros on each spatial side."""
+    if not padding:
+        return {"padding": "VALID"}
+    return {"padding": "EXPLICIT",
+            "explicit_paddings": [0, 0, padding, padding, padding, padding, 0, 0]}
+
+
+@functools.lru_cache(maxsize=None)
+def native_dilated_depthwise() -> bool:
+    """Whether DepthwiseConv2dNative computes dilated convs itself: oneDNN's CPU kernel does
+    (TensorFlow's own refuses dilations), so only with oneDNN and no GPU in sight."""
+    return onednn_enabled() and not tf.config.list_physical_devices("GPU")
+
+
+def _depthwise_stride_1(x, kernel, padding: int, dilation: int = 1) -> tf.Tensor:
+    """A stride-1 depthwise conv whose input gradient is a depthwise conv too.
+
+    At stride 1 the gradient with respect to x is the upstream gradient convolved with the
+    filter turned by 180 degrees, padded by dilation * (k - 1) - padding: a forward
+    depthwise conv, which TensorFlow's CPU kernels compute 2-7x faster than its
+    input-gradient kernel (DepthwiseConv2dNativeBackpropInput) on the supernet's shapes
+    (BENCHMARKS.md). The filter gradient is TensorFlow's; with a dilation (oneDNN's
+    forward kernel only, `native_dilated_depthwise`) it is taken on the d x d phases of
+    the padded input, where the dilated conv is an undilated one. The same values up to
+    float rounding (another order of the same sums).
+    """
+    size = kernel.shape[0]
+    reach = dilation * (size - 1)
+    dilations = [1, dilation, dilation, 1]
+    if kernel.shape[1] != size or padding > reach:
+        return tf.raw_ops.DepthwiseConv2dNative(input=x, filter=kernel, strides=[1, 1, 1, 1],
+                                                dilations=dilations,
+                                                **_depthwise_padding(padding))
+
+    @custom_gradient
+    def depthwise(x, kernel):
+        def grad(upstream):
+            # Itself differentiable by this gradient (the exact Hessian-vector product):
+            # TensorFlow's filter gradient of a dilated conv has no CPU kernel.
+            x_grad = _depthwise_stride_1(upstream, tf.reverse(kernel, [0, 1]), reach - padding,
+                                         dilation)
+            sizes = tf.constant(kernel.shape.as_list(), tf.int32)
+            if dilation == 1:
+                kernel_grad = tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
+                    input=x, filter_sizes=sizes, out_backprop=upstream, strides=[1, 1, 1, 1],
+                    **_depthwise_padding(padding))
+            else:
+                block = [dilation, dilation]
+                kernel_grad = tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
+                    input=tf.space_to_batch_nd(x, block, [[padding, padding]] * 2),
+                    filter_sizes=sizes, out_backprop=tf.space_to_batch_nd(upstream, block,
+                                                                          [[0, 0]] * 2),
+                    strides=[1, 1, 1, 1], padding="VALID")
+            return x_grad, kernel_grad
+
+        return tf.raw_ops.DepthwiseConv2dNative(input=x, filter=kernel, strides=[1, 1, 1, 1],
+                                                dilations=dilations,
+                                                **_depthwise_padding(padding)), grad
+
+    return depthwise(x, kernel)
 
 
 def pointwise_input_grad(upstream, kernel, channels: int) -> tf.Tensor:

@@ -220,6 +220,48 @@ def test_depthwise_conv2d_refuses_strided_dilation_it_cannot_compute():
         kernels.depthwise_conv2d(x, kernel, stride=2, padding=1, dilation=2)
 
 
+@pytest.mark.parametrize("size,padding,dilation,native", [
+    (8, 1, 1, True), (8, 2, 1, True), (8, 0, 1, True),  # sep conv 3x3 / 5x5, VALID
+    (16, 2, 2, True), (16, 4, 2, True),  # dil conv 3x3 / 5x5: oneDNN's dilated kernel
+    (16, 2, 2, False),  # without it: an undilated conv on the phases
+])
+def test_depthwise_conv2d_matches_tensorflow_in_values_and_two_derivatives(
+        size, padding, dilation, native, monkeypatch):
+    """The stride-1 depthwise convs' own gradient (the input gradient as a conv with the
+    turned filter) against TensorFlow's ops in float64: values, both gradients and the
+    derivatives of the gradients (the exact Hessian-vector product's)."""
+    monkeypatch.setattr(kernels, "native_dilated_depthwise", lambda: native)
+    k = 3 if padding <= dilation else 5
+    rng = np.random.default_rng(size + padding)
+    x = tf.constant(rng.normal(size=(3, size, size, 5)))
+    kernel = tf.constant(rng.normal(size=(k, k, 5, 1)))
+    pads = [[0, 0], [padding, padding], [padding, padding], [0, 0]]
+    upstream = tf.constant(rng.normal(size=(3, size + 2 * padding - dilation * (k - 1),
+                                            size + 2 * padding - dilation * (k - 1), 5)))
+
+    def derivatives(conv, x, kernel):
+        with tf.GradientTape() as outer:
+            outer.watch([x, kernel])
+            with tf.GradientTape() as inner:
+                inner.watch([x, kernel])
+                y = conv(x, kernel)
+            grads = inner.gradient(y, [x, kernel], output_gradients=tf.cast(upstream, y.dtype))
+            norm = tf.add_n([tf.reduce_sum(tf.square(g)) for g in grads])
+        return [y, *grads, *outer.gradient(norm, [x, kernel])]
+
+    expected = tf.function(lambda x, kernel: derivatives(
+        lambda x, kernel: tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], pads,
+                                                 dilations=[dilation, dilation]),
+        x, kernel), autograph=False)(x, kernel)
+    ours = tf.function(lambda x, kernel: derivatives(
+        lambda x, kernel: kernels.depthwise_conv2d(x, kernel, 1, padding, dilation),
+        x, kernel), autograph=False)(tf.cast(x, tf.float32), tf.cast(kernel, tf.float32))
+    for name, a, b in zip(["y", "dx", "dkernel", "d2x", "d2kernel"], ours, expected):
+        assert float(tf.reduce_max(tf.abs(b))) > 1.0, name
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5,
+                                   atol=2e-6 * float(tf.reduce_max(tf.abs(b))), err_msg=name)
+
+
 def test_registered_names_are_those_saved_models_carry():
     """Old `.keras` files name their classes "darts_tf>ClassName"; moving a class between
     modules must keep that name."""
