@@ -47,7 +47,14 @@ ORDERS = {"first_order": {"unrolled": False},
 
 # Search methods and guards (issue 12): SearchConfig fields on top of the order's.
 METHODS = {"darts": {},
-           "pc_darts": {"method": "pc_darts", "partial_channels": 4, "edge_normalization": True},
+           # PC-DARTS as its CIFAR preset (configs/search.py): K=4, edge normalisation, the
+           # first two cells recomputed in the backward pass; and without the recomputation.
+           "pc_darts": {"method": "pc_darts", "partial_channels": 4, "edge_normalization": True,
+                        "recompute_cells": 2},
+           "pc_darts_rc0": {"method": "pc_darts", "partial_channels": 4,
+                            "edge_normalization": True},
+           "pc_darts_rc1": {"method": "pc_darts", "partial_channels": 4,
+                            "edge_normalization": True, "recompute_cells": 1},
            "darts_minus": {"method": "darts_minus"},
            "sdarts": {"sdarts_epsilon": 0.3},
            # Not a method: DARTS with bfloat16 compute (issue 15: AVX512_BF16 / AMX CPUs).

@@ -55,6 +55,7 @@ class SearchConfig(ConfigIO):
     partial_channels: int | None = None    # PC-DARTS' K (None: 4); other methods: None or 1
     edge_normalization: bool | None = None  # PC-DARTS' edge betas (None: True)
     max_skip_connect: int | None = None    # P-DARTS' guard at derivation (None: no limit)
+    recompute_cells: int = 0               # memory: the first N cells recomputed in backward
     # Guards against collapse (README "Collapse: watching and guarding a search").
     arch_start_epoch: int = 0              # weights-only warm-up: architecture steps from here
     sdarts_epsilon: float = 0.0            # SDARTS-RS: U(-e, e) on the alphas in weight steps
@@ -106,6 +107,9 @@ class SearchConfig(ConfigIO):
               "one of " + ", ".join(repr(m) for m in METHODS))
         check(optional_non_negative_int(self.max_skip_connect), "max_skip_connect",
               self.max_skip_connect, "None or an integer >= 0")
+        check(is_int(self.recompute_cells) and 0 <= self.recompute_cells <= self.num_cells,
+              "recompute_cells", self.recompute_cells,
+              f"an integer in [0, num_cells] (num_cells={self.num_cells})")
         if self.method != "pc_darts":
             check(self.partial_channels in (None, 1), "partial_channels", self.partial_channels,
                   f"None or 1 with method={self.method!r} (partial channels are PC-DARTS': "
@@ -127,7 +131,8 @@ class SearchConfig(ConfigIO):
         """The `darts_tf.Supernet` arguments of the method and the derivation."""
         return {"method": self.method, "partial_channels": self.partial_channels,
                 "edge_normalization": self.edge_normalization,
-                "max_skip_connect": self.max_skip_connect}
+                "max_skip_connect": self.max_skip_connect,
+                "recompute_cells": self.recompute_cells}
 
     def _check_guards(self):
         """The collapse guards and the monitor (their combinations with the model are
@@ -202,10 +207,14 @@ def pc_darts() -> SearchConfig:
     momentum 0.9, wd 3e-4, clip 5; alphas and betas Adam 6e-4, betas (0.5, 0.999), wd
     1e-3, updated only from epoch 15 of 50; first order. The paper: 2.57 +- 0.07 % test error after
     retraining, 0.1 GPU-days of search. Needs cifar10 prepared in data_dir (tfds).
+    The first two cells are recomputed in the backward pass (`recompute_cells=2`), so that
+    batch 256 needs less memory than DARTS at batch 64 (the method's point), for a longer
+    step (BENCHMARKS.md); `--recompute_cells=0` where memory is plentiful.
     """
     return SearchConfig(method="pc_darts", partial_channels=4, edge_normalization=True,
                         batch_size=256, w_lr=0.1, w_lr_min=0.0, alpha_lr=6e-4,
-                        alpha_weight_decay=1e-3, epochs=50, arch_start_epoch=15)
+                        alpha_weight_decay=1e-3, epochs=50, arch_start_epoch=15,
+                        recompute_cells=2)
 
 
 def darts_minus() -> SearchConfig:

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from darts_tf import ops
+from darts_tf import kernels, ops
 from darts_tf.genotype import PRIMITIVES
 
 
@@ -148,6 +148,19 @@ def edge_groups(num_nodes: int, reduction: bool) -> list[list[tuple[int, int, in
     return groups
 
 
+def _current_value(variable):
+    """A Keras variable's current value as a tensor, not cast by mixed precision: its value
+    in the enclosing `keras.StatelessScope` (the trainer's passes), else the variable's."""
+    # pylint: disable-next=import-outside-toplevel
+    from keras.src.backend.common import stateless_scope, variables as keras_variables
+    scope = stateless_scope.get_stateless_scope()
+    value = scope.get_current_value(variable) if scope is not None else None
+    if value is not None:
+        return tf.convert_to_tensor(value)
+    with keras_variables.AutocastScope(None):
+        return tf.convert_to_tensor(variable.value)
+
+
 class SearchCell(keras.layers.Layer):
     """A search cell: a mixed op on every edge; all nodes concatenated.
 
@@ -156,9 +169,10 @@ class SearchCell(keras.layers.Layer):
     """
 
     def __init__(self, spec: CellSpec, num_nodes=4, primitives=PRIMITIVES, mixed_op=None,
-                 **kwargs):
+                 recompute=False, **kwargs):
         super().__init__(**kwargs)
         mixed_op = mixed_op or MixedOp
+        self.recompute = recompute
         # Children are created here (not traced in build): nest their variable paths.
         with keras.name_scope(self.name):
             self.spec, self.num_nodes, self.primitives = spec, num_nodes, tuple(primitives)
@@ -179,6 +193,59 @@ class SearchCell(keras.layers.Layer):
           edge_weights: PC-DARTS' per-edge weights (num_edges,), or None.
           skip_beta: DARTS-' auxiliary skip scale (a scalar), or None.
         """
+        if self.recompute and training:
+            return self._recomputing_call(s0, s1, weights, edge_weights, skip_beta)
+        return self._forward(s0, s1, weights, training, edge_weights, skip_beta)
+
+    def _recomputing_call(self, s0, s1, weights, edge_weights, skip_beta):
+        """`call` in training whose gradient recomputes the cell: only its arguments are kept.
+
+        The cell runs under a `keras.StatelessScope` that maps its variables to their
+        current values, passed in as arguments, so that the custom gradient gets their
+        gradients; the batch norms' new running estimates are assigned once, after the
+        forward pass (the recomputation's are dropped). The gradient runs the cell again
+        from the same values under a tape, after the upstream gradient exists, and is
+        itself differentiable (the exact Hessian-vector product goes through it).
+        """
+        variables = self.variables
+        values = [_current_value(v) for v in variables]
+        extra = {name: t for name, t in (("edge_weights", edge_weights),
+                                         ("skip_beta", skip_beta)) if t is not None}
+        names = list(extra)
+        updates = []
+
+        def run(s0, s1, weights, extra_values, variable_values):
+            with keras.StatelessScope(list(zip(variables, variable_values))) as scope:
+                out = self._forward(s0, s1, weights, True, **dict(zip(names, extra_values)))
+            return out, [(v, scope.get_current_value(v)) for v in variables]
+
+        @kernels.custom_gradient
+        def cell(s0, s1, weights, *rest):
+            extra_values, variable_values = rest[:len(names)], rest[len(names):]
+            out, new_values = run(s0, s1, weights, extra_values, variable_values)
+            updates.extend((v, new) for (v, new), old in zip(new_values, variable_values)
+                           if new is not old)
+
+            def grad(upstream):
+                # Without the dependency on the upstream gradient the executor would run the
+                # recomputation as soon as s0 and s1 exist, in the forward pass.
+                with tf.control_dependencies([upstream]):
+                    s0_again, s1_again = tf.identity(s0), tf.identity(s1)
+                sources = [s0_again, s1_again, weights, *extra_values, *variable_values]
+                with tf.GradientTape(watch_accessed_variables=False) as tape, \
+                        kernels.keeping_activations():
+                    tape.watch(sources)
+                    again, _ = run(s0_again, s1_again, weights, extra_values, variable_values)
+                return tape.gradient(again, sources, output_gradients=upstream)
+
+            return out, grad
+
+        out = cell(s0, s1, weights, *extra.values(), *values)
+        for variable, value in updates:  # the running estimates of the batch norms
+            variable.assign(value)
+        return out
+
+    def _forward(self, s0, s1, weights, training, edge_weights=None, skip_beta=None):
         states = [self.preprocess0(s0, training=training), self.preprocess1(s1, training=training)]
         mixed = iter(self.mixed_ops)
         for node in self.groups:

@@ -16,8 +16,10 @@ cast, not the activations.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
+import threading
 import weakref
 
 import numpy as np
@@ -27,6 +29,7 @@ from tensorflow.python.eager import record as _record  # pylint: disable=no-name
 from tensorflow.python.framework import ops as _tf_ops  # pylint: disable=no-name-in-module
 
 _GRAPH_CONSTANTS = weakref.WeakKeyDictionary()
+_LOCAL = threading.local()
 _GRADIENT_NAMES = itertools.count()
 
 
@@ -286,6 +289,21 @@ def pointwise_input_grad(upstream, kernel, channels: int) -> tf.Tensor:
                                           strides=[1, 1, 1, 1], padding="VALID")
 
 
+@contextlib.contextmanager
+def keeping_activations():
+    """Within this context `relu_depthwise_pointwise` keeps its activations even when asked
+    to recompute them: where a whole cell is recomputed in the backward pass
+    (`cells.SearchCell(recompute=True)`), its gradient is taken right after, and
+    recomputing the blocks inside it once more would only cost time. Per thread (a
+    strategy traces its replicas in threads of their own)."""
+    previous = getattr(_LOCAL, "keeping_activations", False)
+    _LOCAL.keeping_activations = True
+    try:
+        yield
+    finally:
+        _LOCAL.keeping_activations = previous
+
+
 def relu_depthwise_pointwise(x, depthwise, pointwise, stride: int = 1, padding: int = 0,
                              dilation: int = 1, recompute: bool = False) -> tf.Tensor:
     """ReLU -> depthwise conv -> pointwise 1x1 conv: the body of SepConv and DilConv.
@@ -306,7 +324,7 @@ def relu_depthwise_pointwise(x, depthwise, pointwise, stride: int = 1, padding: 
       stride, padding, dilation: of the depthwise conv (see `depthwise_conv2d`).
       recompute: whether to recompute the intermediate values in the backward pass.
     """
-    if recompute:
+    if recompute and not getattr(_LOCAL, "keeping_activations", False):
         return _recomputing_relu_depthwise_pointwise(x, depthwise, pointwise, stride, padding,
                                                      dilation)
     return conv2d(depthwise_conv2d(tf.nn.relu(x), depthwise, stride, padding, dilation),

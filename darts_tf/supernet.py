@@ -51,7 +51,7 @@ class Supernet(keras.Model):
     def __init__(self, num_classes=10, init_channels=16, num_cells=8, num_nodes=4,
                  stem_multiplier=3, input_channels=3, primitives=PRIMITIVES, method="darts",
                  partial_channels=None, edge_normalization=None, max_skip_connect=None,
-                 **kwargs):
+                 recompute_cells=0, **kwargs):
         super().__init__(**kwargs)
         # Children are created here (not traced in build): nest their variable paths.
         with keras.name_scope(self.name):
@@ -69,6 +69,11 @@ class Supernet(keras.Model):
             if init_channels % 2:
                 raise ValueError("Supernet: init_channels must be even (FactorizedReduce halves it). "
                                  f"Received: init_channels={init_channels}")
+            if not isinstance(recompute_cells, int) or isinstance(recompute_cells, bool) or \
+                    not 0 <= recompute_cells <= num_cells:
+                raise ValueError("Supernet: recompute_cells must be an integer in [0, num_cells]. "
+                                 f"Received: recompute_cells={recompute_cells!r}, "
+                                 f"num_cells={num_cells}")
             partial_channels, edge_normalization = _method_options(
                 method, partial_channels, edge_normalization, init_channels, max_skip_connect)
             self.num_classes, self.init_channels, self.num_cells = num_classes, init_channels, num_cells
@@ -82,8 +87,9 @@ class Supernet(keras.Model):
             self.stem = Stem(input_channels, stem_channels, name="stem")
             self.stem.build(None)
             self.layout = cells.cell_layout(num_cells, init_channels, stem_channels, num_nodes)
+            self.recompute_cells = recompute_cells
             self.cells = [cells.SearchCell(spec, num_nodes, self.primitives, mixed_op,
-                                           name=f"cell_{i}")
+                                           recompute=i < recompute_cells, name=f"cell_{i}")
                           for i, spec in enumerate(self.layout)]
             self.classifier = Classifier(num_nodes * self.layout[-1].channels, num_classes,
                                          name="classifier")
@@ -172,7 +178,8 @@ class Supernet(keras.Model):
                 "input_channels": self.input_channels, "primitives": list(self.primitives),
                 "method": self.method, "partial_channels": self.partial_channels,
                 "edge_normalization": self.edge_normalization,
-                "max_skip_connect": self.max_skip_connect}
+                "max_skip_connect": self.max_skip_connect,
+                "recompute_cells": self.recompute_cells}
 
 
 def _method_options(method, partial_channels, edge_normalization, init_channels,

@@ -256,6 +256,8 @@ def test_max_skip_connect_keeps_the_strongest_and_rederives():
     (dict(method="pc_darts", partial_channels=3), "partial_channels=3, init_channels=4"),
     (dict(method="pc_darts", edge_normalization="yes"), "edge_normalization='yes'"),
     (dict(max_skip_connect=-2), "max_skip_connect=-2"),
+    (dict(recompute_cells=4), "recompute_cells=4, num_cells=3"),
+    (dict(recompute_cells=True), "recompute_cells=True"),
 ])
 def test_supernet_refuses_nonsense(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -284,6 +286,8 @@ def test_supernet_config_round_trips():
     (dict(method="darts_minus", edge_normalization=True), "edge_normalization=True"),
     (dict(arch_start_epoch=15), "arch_start_epoch=15.*epochs=15"),
     (dict(max_skip_connect=-1), "max_skip_connect=-1"),
+    (dict(recompute_cells=6), "recompute_cells=6.*num_cells=5"),
+    (dict(recompute_cells=-1), "recompute_cells=-1"),
 ])
 def test_config_refuses_nonsense(changes, match):
     with pytest.raises(ConfigError, match=match):
@@ -294,8 +298,8 @@ def test_presets():
     assert search_presets.METHODS == methods.METHODS  # configs/ imports no TensorFlow
     pc = search_presets.get("pc_darts")
     assert (pc.method, pc.partial_channels, pc.edge_normalization, pc.batch_size, pc.w_lr,
-            pc.w_lr_min, pc.alpha_lr, pc.alpha_weight_decay, pc.epochs, pc.arch_start_epoch) == (
-        "pc_darts", 4, True, 256, 0.1, 0.0, 6e-4, 1e-3, 50, 15)
+            pc.w_lr_min, pc.alpha_lr, pc.alpha_weight_decay, pc.epochs, pc.arch_start_epoch,
+            pc.recompute_cells) == ("pc_darts", 4, True, 256, 0.1, 0.0, 6e-4, 1e-3, 50, 15, 2)
     minus = search_presets.get("darts_minus")
     assert minus.replace(method="darts") == search_presets.cifar10()
     digits = search_presets.digits()
@@ -309,9 +313,10 @@ def test_presets():
     model_fn = loop._default_model_fn(  # pylint: disable=protected-access
         search_presets.get("digits_pc_darts").replace(max_skip_connect=2))
     assert {k: model_fn.keywords[k] for k in ("method", "partial_channels",
-                                              "edge_normalization", "max_skip_connect")} == {
+                                              "edge_normalization", "max_skip_connect",
+                                              "recompute_cells")} == {
         "method": "pc_darts", "partial_channels": 4, "edge_normalization": True,
-        "max_skip_connect": 2}
+        "max_skip_connect": 2, "recompute_cells": 0}
 
 
 def test_darts_minus_beta_decays_linearly_and_warm_up_keeps_the_alphas():
@@ -378,12 +383,14 @@ def test_resume_after_sigkill_gives_the_same_genotype(method, tmp_path):
 def test_mirrored_pc_darts_matches_the_default_strategy(mirrored):
     """Two replicas on half batches make PC-DARTS' updates of one device on the whole batch
     (first order: second order's extra passes are the same mirrored code, see
-    tests/test_search.py, and cost a minute more here)."""
+    tests/test_search.py, and cost a minute more here). The first cell is recomputed in the
+    backward pass, as the preset's cells are: its batch norms all-reduce their statistics
+    in the recomputation too."""
     config = SearchConfig(batch_size=8, alpha_lr=3e-3, w_lr=0.1, method="pc_darts",
-                          partial_channels=2)
+                          partial_channels=2, recompute_cells=1)
 
     def model_fn():
-        return tiny_supernet(method="pc_darts", partial_channels=2)
+        return tiny_supernet(method="pc_darts", partial_channels=2, recompute_cells=1)
 
     multi, worst = assert_mirrored_matches_one_device(model_fn, config, mirrored, steps=2)
     print(f"mirrored - default: at most {worst:.1e}")
@@ -406,3 +413,85 @@ def test_pc_darts_matches_the_authors_network():
         logits = model(x, training=training).numpy()
         print(f"{key}: max |ours - authors'| {np.abs(logits - arrays[key]).max():.1e}")
         _close(logits, arrays[key])
+
+
+def _recompute_pair(method_kwargs, config):
+    """Two trainers of the same all-primitive supernet (3 cells, 1 input channel), with the
+    same variables: one keeps every activation, one recomputes every cell's."""
+    def model_fn(recompute_cells):
+        return lambda: Supernet(**{**TINY, "input_channels": 1}, **method_kwargs,
+                                recompute_cells=recompute_cells)
+
+    keras.utils.set_random_seed(0)
+    plain = search.SearchTrainer(model_fn(0), config, input_shape=(8, 8, 1))
+    again = search.SearchTrainer(model_fn(3), config, input_shape=(8, 8, 1))
+    for a, b in zip(again.model.variables, plain.model.variables):
+        a.assign(b.numpy())
+    return plain, again
+
+
+@pytest.mark.parametrize("method_kwargs,unrolled,hessian", [
+    (dict(method="pc_darts", partial_channels=2), False, "finite_difference"),
+    (dict(method="darts"), True, "exact"),
+    (dict(method="darts_minus"), True, "finite_difference"),
+])
+def test_recomputed_cells_make_the_same_steps(method_kwargs, unrolled, hessian):
+    """recompute_cells: the same updates of weights, alphas (betas) and running statistics as
+    keeping the activations, within float rounding, and the same exact Hessian-vector product
+    in the alphas (the collapse monitor's), which differentiates the recomputing gradient."""
+    config = SearchConfig(batch_size=8, alpha_lr=3e-3, w_lr=0.1, unrolled=unrolled,
+                          hessian=hessian, **method_kwargs)
+    plain, again = _recompute_pair(method_kwargs, config)
+    initial = [v.numpy() for v in plain.model.variables]
+    for train, val in _batches(2):
+        plain.step(train, val)
+        again.step(train, val)
+    moved = 0
+    for a, b, before in zip(again.model.variables, plain.model.variables, initial):
+        change = float(np.max(np.abs(b.numpy() - before)))
+        assert float(np.max(np.abs(a.numpy() - b.numpy()))) < max(1e-6, 1e-4 * change), b.path
+        moved += change > 1e-4
+    assert moved > len(initial) // 2
+    _, val = next(iter(_batches(1, seed=1)))
+    vector = [tf.random.stateless_normal(v.shape, [1, i])
+              for i, v in enumerate(plain.architect.arch_variables)]
+    products = []
+    for trainer in (plain, again):
+        arch = trainer.architect
+        product = tf.function(lambda w, a, nt, batch, arch=arch: arch.exact_product(
+            w, a, nt, batch, "a", vector), autograph=False)
+        products.append([p.numpy() for p in product(*arch.read_values(), val)])
+    for p, q in zip(*products):
+        assert np.abs(p).max() > 1e-3
+        np.testing.assert_allclose(q, p, rtol=1e-4, atol=1e-6 * np.abs(p).max())
+
+
+def test_recomputed_cells_run_again_in_the_backward_pass():
+    """What recompute_cells changes in the graph: the gradient runs each recomputed cell's
+    forward pass once more (as many batch norms again as the cell's forward pass holds; a
+    batch norm's gradient is another op type)."""
+    x = tf.constant(np.random.default_rng(0).normal(size=(2, 8, 8, 3)), tf.float32)
+
+    def count(fn):
+        graph = tf.function(fn, autograph=False).get_concrete_function().graph
+        return sum(op.type == "FusedBatchNorm" for op in graph.get_operations())
+
+    counts = {}
+    for recompute_cells in (0, 1, 3):
+        model = Supernet(**TINY, recompute_cells=recompute_cells)
+
+        def step(model=model):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(model(x, training=True))
+            return tape.gradient(loss, model.trainable_variables)
+
+        counts[recompute_cells] = count(step)
+        if recompute_cells == 0:
+            forward = count(lambda model=model: model(x, training=True))
+            stem = count(lambda model=model: model.stem(x, training=True))
+            first = count(lambda model=model: model.cells[0](
+                *[model.stem(x, training=True)] * 2, tf.ones([5, 8]) / 8, training=True)) - stem
+    assert forward > first > 0 and stem == 1
+    assert counts[0] == forward
+    assert counts[3] == counts[0] + forward - stem
+    assert counts[1] == counts[0] + first
