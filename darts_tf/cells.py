@@ -165,7 +165,8 @@ class SearchCell(keras.layers.Layer):
     """A search cell: a mixed op on every edge; all nodes concatenated.
 
     `mixed_op` builds each batch of edges' mixed op, with `MixedOp`'s arguments (DARTS by
-    default; PC-DARTS' and DARTS-' mixed ops are in `darts_tf.methods`).
+    default; PC-DARTS' and DARTS-' mixed ops are in `darts_tf.methods`). With `recompute`,
+    a training call keeps only its inputs for the backward pass and runs again there.
     """
 
     def __init__(self, spec: CellSpec, num_nodes=4, primitives=PRIMITIVES, mixed_op=None,

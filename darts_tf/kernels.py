@@ -536,10 +536,10 @@ def pool_3x3(x, mode: str, stride: int = 1) -> tf.Tensor:
     if mode == "max":
         # Repeating the border row and column never changes a window's max (the copy sits
         # next to its original, inside the same 3x3 window): the reference's -inf padding,
-        # but quantizable (LiteRT's int8 kernels abort on a -inf pad constant).
-        x = tf.concat([x[:, :1], x, x[:, -1:]], axis=1)
-        return tf.nn.max_pool2d(tf.concat([x[:, :, :1], x, x[:, :, -1:]], axis=2), 3, stride,
-                                "VALID")
+        # but quantizable (LiteRT's int8 kernels abort on a -inf pad constant). One
+        # symmetric pad repeats them; its gradient folds the copies back in one op, where
+        # slices and concatenations wrote an input-sized zero tensor per border slice.
+        return tf.nn.max_pool2d(tf.pad(x, pads, mode="SYMMETRIC"), 3, stride, "VALID")
     mean = tf.nn.avg_pool2d(tf.pad(x, pads), [1, 3, 3, 1], [1, stride, stride, 1], "VALID")
     # avg_pool2d divided by 9; divide by the valid (unpadded) elements instead.
     return mean * tf.cast(_valid_count_scale(x.shape[1], x.shape[2], stride), x.dtype)

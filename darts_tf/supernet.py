@@ -46,6 +46,9 @@ class Supernet(keras.Model):
         False for the other methods).
       max_skip_connect: at most this many skip-connects in the derived normal cell,
         P-DARTS' guard (None: no limit).
+      recompute_cells: the first this many cells keep only their inputs for the backward
+        pass and run again there (less memory, more time; the same results within float
+        rounding). 0 keeps every activation.
     """
 
     def __init__(self, num_classes=10, init_channels=16, num_cells=8, num_nodes=4,
