@@ -1,5 +1,6 @@
 """Mixed precision in the search: float16/bfloat16 compute, float32 alphas and optimizer state,
 and float16 loss scaling (skip and halve on overflow, grow after good steps), on CPU."""
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -121,6 +122,10 @@ def test_methods_under_float16_match_float32(method, options):
         return darts_tf.Supernet(num_classes=10, init_channels=4, num_cells=3, num_nodes=1,
                                  input_channels=1, method=method, **options)
 
+    # Seeded: from some random starts an alpha row's gradient is near zero and the two
+    # dtypes' first Adam steps (about sign(g)) point apart (cosine 0.44 seen; 2 of 8 runs
+    # failed unseeded at 180b0f8).
+    keras.utils.set_random_seed(0)
     trainers = []
     for policy in ("mixed_float16", None):
         config = SearchConfig(batch_size=8, mixed_precision=policy, w_lr=0.05, alpha_lr=3e-3,
