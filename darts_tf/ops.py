@@ -249,19 +249,7 @@ class FactorizedReduce(Op):
         self.built = True
 
     def call(self, x, training=None, output_scale=None):
-        # A 1x1 conv at stride 2 reads pixels (2i, 2j); the second path reads (2i+1, 2j+1).
-        # The ReLU runs on those pixels alone (it is element-wise: the same values), so the
-        # backward pass keeps the two quarter-size ReLU outputs the convs read, not a ReLU
-        # output of x's size as well.
-        y1 = kernels.conv2d(tf.nn.relu(x[:, ::2, ::2, :]), self.kernel_1)
-        y2 = kernels.conv2d(tf.nn.relu(x[:, 1::2, 1::2, :]), self.kernel_2)
-        if self.groups == 1:
-            y = tf.concat([y1, y2], axis=-1)
-        else:  # per group: [path 1 of g, path 2 of g]
-            half = self.out_channels // 2
-            shape = [-1, y1.shape[1], y1.shape[2], self.groups, half]
-            y = tf.concat([tf.reshape(y1, shape), tf.reshape(y2, shape)], axis=-1)
-            y = tf.reshape(y, [-1, y1.shape[1], y1.shape[2], self.groups * self.out_channels])
+        y = kernels.factorized_reduce(x, self.kernel_1, self.kernel_2)
         return self._bn(y, self._bn_index, training, output_scale)
 
     def get_config(self):

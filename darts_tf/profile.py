@@ -5,12 +5,16 @@ made with forward hooks on PyTorch's Conv2d and Linear): a convolution adds
 output elements * kernel height * kernel width * input channels per group; a
 depthwise convolution output elements * kernel height * kernel width; a matrix
 multiply rows * inner * columns. Pooling, batch norm, activations, additions and
-biases are not counted. Counts are per example (traced at batch 1).
+biases are not counted. Counts are per example (traced at batch 1). FactorizedReduce,
+which runs as one 2x2 conv with zeros on two of its taps (`darts_tf.kernels`), counts as
+the reference's two 1x1 convs.
 """
 from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
+
+from darts_tf import kernels
 
 
 def count_multiply_adds(model, input_shape) -> dict[str, int]:
@@ -25,6 +29,8 @@ def count_multiply_adds(model, input_shape) -> dict[str, int]:
     for op in graph.get_operations():
         if op.type == "Conv2D":
             kh, kw, cin, _ = op.inputs[1].shape
+            if op.name.rsplit("/", 1)[-1].startswith(kernels.FACTORIZED_REDUCE_CONV):
+                kh = kw = 1  # each output channel's filter has one nonzero tap of four
             counts["conv"] += _output_elements(op) * kh * kw * cin
         elif op.type == "DepthwiseConv2dNative":
             kh, kw, _, _ = op.inputs[1].shape

@@ -220,6 +220,46 @@ def test_depthwise_conv2d_refuses_strided_dilation_it_cannot_compute():
         kernels.depthwise_conv2d(x, kernel, stride=2, padding=1, dilation=2)
 
 
+@pytest.mark.parametrize("size,groups,dtype", [
+    (8, 1, "float64"), (8, 2, "float64"),  # one 2x2 conv, full and grouped
+    (8, 2, "float16"),  # grouped without a float16 gradient kernel: the two strided paths
+])
+def test_factorized_reduce_is_the_two_strided_paths(size, groups, dtype):
+    """kernels.factorized_reduce against numpy's two strided 1x1 paths: values, and the
+    input and kernel gradients against TensorFlow's of those paths."""
+    rng = np.random.default_rng(3)
+    c_in, half = 3, 2
+    x = rng.normal(size=(2, size, size, groups * c_in))
+    k1, k2 = (rng.normal(size=(1, 1, c_in, groups * half)) for _ in range(2))
+
+    def paths(x, k1, k2, relu, matmul, concat, reshape):
+        outs = []
+        for k, (i, j) in ((k1, (0, 0)), (k2, (1, 1))):
+            xs = relu(x[:, i::2, j::2, :])
+            outs.append(concat([matmul(xs[..., g * c_in:(g + 1) * c_in],
+                                       k[0, 0, :, g * half:(g + 1) * half])
+                                for g in range(groups)]))
+        shape = [-1, size // 2, size // 2, groups, half]
+        return reshape(concat([reshape(outs[0], shape), reshape(outs[1], shape)]),
+                       [-1, size // 2, size // 2, 2 * groups * half])
+
+    expected = paths(x, k1, k2, lambda t: np.maximum(t, 0), np.matmul,
+                     lambda ts: np.concatenate(ts, axis=-1), np.reshape)
+    tensors = [tf.constant(a, dtype) for a in (x, k1, k2)]
+    upstream = tf.constant(rng.normal(size=expected.shape), dtype)
+    results = []
+    for compute in (kernels.factorized_reduce, lambda *t: paths(
+            *t, tf.nn.relu, tf.matmul, lambda ts: tf.concat(ts, axis=-1), tf.reshape)):
+        with tf.GradientTape() as tape:
+            tape.watch(tensors)
+            y = compute(*tensors)
+        results.append([y, *tape.gradient(y, tensors, output_gradients=upstream)])
+    tol = 1e-12 if dtype == "float64" else 2e-2
+    np.testing.assert_allclose(results[0][0].numpy(), expected, rtol=tol, atol=tol)
+    for ours, theirs in zip(results[0], results[1]):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("size,padding,dilation,native", [
     (8, 1, 1, True), (8, 2, 1, True), (8, 0, 1, True),  # sep conv 3x3 / 5x5, VALID
     (16, 2, 2, True), (16, 4, 2, True),  # dil conv 3x3 / 5x5: oneDNN's dilated kernel
