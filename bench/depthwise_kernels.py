@@ -4,13 +4,18 @@ forward conv with the turned filter, and the dilated forward pass three ways.
     python bench/depthwise_kernels.py [--repeats=20]
 
 Per shape (batch, height, width, channels: PC-DARTS' candidates at batch 256 on 8 and 20
-channels, DARTS' at batch 64 on 32 and 80, the retraining network's at batch 96) and
+channels at 32x32, 16 at 16x16 and 32 at 8x8, DARTS' at batch 64 on 32 and 80, the
+retraining network's at batch 96) and
 kernel size, the median milliseconds per call of one traced function:
   input_grad_tf       DepthwiseConv2dNativeBackpropInput (what TensorFlow's gradient runs)
   input_grad_turned   DepthwiseConv2dNative of the upstream gradient with the filter turned
                       by 180 degrees, padding k - 1 - p (`darts_tf.kernels`' gradient)
   forward             the forward conv, for scale
-and the largest relative difference of the two input gradients. For dilation 2 (the
+and the largest relative difference of the two input gradients; then the filter gradient:
+  filter_grad_tf      DepthwiseConv2dNativeBackpropFilter on the shape as it is
+  filter_grad_folded  `darts_tf.kernels`' (examples side by side on the channel axis when
+                      the channels are thin, the per-channel sums added afterwards)
+and their largest relative difference. For dilation 2 (the
 dilated convs): the forward pass as oneDNN's dilated kernel, as TensorFlow's
 `tf.nn.depthwise_conv2d` (space-to-batch phases), and as `darts_tf.kernels.depthwise_conv2d`.
 One JSON line per shape, then the CPU model and the load.
@@ -27,7 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SHAPES = [(256, 32, 32, 8), (256, 32, 32, 20), (64, 32, 32, 32), (64, 32, 32, 80),
-          (96, 32, 32, 36), (96, 16, 16, 72)]
+          (96, 32, 32, 36), (96, 16, 16, 72), (256, 16, 16, 16), (256, 8, 8, 32)]
 
 
 def _median_ms(fn, arg, repeats):
@@ -62,11 +67,21 @@ def input_gradients(shape, size, repeats):
     forward = tf.function(lambda x: tf.raw_ops.DepthwiseConv2dNative(
         input=x, filter=kernel, strides=strides, **pads))
     a, b = ours(upstream).numpy(), theirs(upstream).numpy()
+    from darts_tf import kernels  # pylint: disable=import-outside-toplevel
+    filter_tf = tf.function(lambda dy: tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
+        input=x, filter_sizes=tf.constant([size, size, shape[-1], 1]), out_backprop=dy,
+        strides=strides, **pads))
+    filter_ours = tf.function(lambda dy: kernels._depthwise_filter_grad(  # pylint: disable=protected-access
+        x, dy, size, padding))
+    fa, fb = filter_ours(upstream).numpy(), filter_tf(upstream).numpy()
     return {"shape": list(shape), "kernel": size,
             "input_grad_tf_ms": _median_ms(theirs, upstream, repeats),
             "input_grad_turned_ms": _median_ms(ours, upstream, repeats),
             "forward_ms": _median_ms(forward, x, repeats),
-            "max_relative_difference": float(np.abs(a - b).max() / np.abs(b).max())}
+            "max_relative_difference": float(np.abs(a - b).max() / np.abs(b).max()),
+            "filter_grad_tf_ms": _median_ms(filter_tf, upstream, repeats),
+            "filter_grad_folded_ms": _median_ms(filter_ours, upstream, repeats),
+            "filter_max_relative_difference": float(np.abs(fa - fb).max() / np.abs(fb).max())}
 
 
 def dilated_forward(shape, size, repeats):

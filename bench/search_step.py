@@ -123,7 +123,7 @@ def run_one(order: str, batch: int, steps: int, model: str = "reference",
     return {"config": description, "order": order, "batch": batch, "method": method,
             "startup_s": round(startup, 1), "first_step_s": round(times[0], 1),
             "step_s_median": round(float(np.median(times[1:])), 2) if len(times) > 1 else None,
-            "steps_timed": len(times) - 1,
+            "steps_timed": len(times) - 1, "step_s": [round(t, 2) for t in times[1:]],
             "peak_rss_gb": round(peak_rss_gb, 2),
             "allocator_peak_gb": (max(allocator_peaks) if allocator_peaks
                                   and None not in allocator_peaks else None),

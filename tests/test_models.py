@@ -260,23 +260,27 @@ def test_factorized_reduce_is_the_two_strided_paths(size, groups, dtype):
         np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("size,padding,dilation,native", [
-    (8, 1, 1, True), (8, 2, 1, True), (8, 0, 1, True),  # sep conv 3x3 / 5x5, VALID
-    (16, 2, 2, True), (16, 4, 2, True),  # dil conv 3x3 / 5x5: oneDNN's dilated kernel
-    (16, 2, 2, False),  # without it: an undilated conv on the phases
+@pytest.mark.parametrize("size,padding,dilation,native,batch", [
+    (8, 1, 1, True, 3), (8, 2, 1, True, 3), (8, 0, 1, True, 3),  # sep conv 3x3 / 5x5, VALID
+    (16, 2, 2, True, 3), (16, 4, 2, True, 3),  # dil conv 3x3 / 5x5: oneDNN's dilated kernel
+    (16, 2, 2, False, 3),  # without it: an undilated conv on the phases
+    # Batch 4: the filter gradient with 4 examples side by side on the channel axis (thin
+    # channels), and with 2 on the phases (batch 16).
+    (8, 1, 1, True, 4), (8, 2, 1, True, 4), (16, 2, 2, False, 4),
 ])
 def test_depthwise_conv2d_matches_tensorflow_in_values_and_two_derivatives(
-        size, padding, dilation, native, monkeypatch):
+        size, padding, dilation, native, batch, monkeypatch):
     """The stride-1 depthwise convs' own gradient (the input gradient as a conv with the
-    turned filter) against TensorFlow's ops in float64: values, both gradients and the
-    derivatives of the gradients (the exact Hessian-vector product's)."""
+    turned filter, the filter gradient with examples folded into channels) against
+    TensorFlow's ops in float64: values, both gradients and the derivatives of the
+    gradients (the exact Hessian-vector product's)."""
     monkeypatch.setattr(kernels, "native_dilated_depthwise", lambda: native)
     k = 3 if padding <= dilation else 5
     rng = np.random.default_rng(size + padding)
-    x = tf.constant(rng.normal(size=(3, size, size, 5)))
+    x = tf.constant(rng.normal(size=(batch, size, size, 5)))
     kernel = tf.constant(rng.normal(size=(k, k, 5, 1)))
     pads = [[0, 0], [padding, padding], [padding, padding], [0, 0]]
-    upstream = tf.constant(rng.normal(size=(3, size + 2 * padding - dilation * (k - 1),
+    upstream = tf.constant(rng.normal(size=(batch, size + 2 * padding - dilation * (k - 1),
                                             size + 2 * padding - dilation * (k - 1), 5)))
 
     def derivatives(conv, x, kernel):
