@@ -24,7 +24,7 @@ import functools
 import keras
 import tensorflow as tf
 
-from darts_tf import cells, kernels, ops
+from darts_tf import cells, ops
 from darts_tf.genotype import PRIMITIVES
 
 METHODS = ("darts", "pc_darts", "darts_minus")
@@ -46,58 +46,6 @@ def channel_shuffle(x, groups: int):
     y = tf.reshape(x, [-1, x.shape[1], x.shape[2], groups, channels // groups])
     y = tf.transpose(y, [0, 1, 2, 4, 3])
     return tf.reshape(y, [-1, x.shape[1], x.shape[2], channels])
-
-
-def partial_channel_inputs(inputs, channels: int, stride: int, scales=None):
-    """PC-DARTS' split of a batch of edges' inputs: (part, bypass).
-
-    part: the first `channels` channels of every input, side by side (the candidates'
-    input); bypass: sum_e scales[e] * b(x_e[..., channels:]), b the identity at stride 1
-    and 2x2 max pooling at stride 2 (all scales 1 when `scales` is None).
-
-    The gradient is written out, and keeps the inputs rather than the bypass slices: a
-    node's inputs are the cell's states, the same few tensors for every node, where each
-    node's slices are copies of its own (cell 4 of them save 10.5 states' worth of bypass
-    copies per normal cell, the states 6). The slices and pools are recomputed in the
-    backward pass; each input's gradient is one concatenation, as a split's is.
-    """
-    n = len(inputs)
-
-    def bypass_of(x):
-        b = x[..., channels:]
-        return (b, tf.nn.max_pool2d(b, 2, 2, "VALID")) if stride == 2 else (b, b)
-
-    @kernels.custom_gradient
-    def split(*args):
-        xs, w = args[:n], (tf.unstack(args[n]) if scales is not None else None)
-        part = tf.concat([x[..., :channels] for x in xs], axis=-1)
-        outs = [bypass_of(x)[1] for x in xs]
-        if w is not None:
-            outs = [s * o for s, o in zip(w, outs)]
-        bypass = outs[0] if n == 1 else tf.add_n(outs)
-
-        def grad(d_part, d_bypass):
-            d_parts = tf.split(d_part, n, axis=-1) if n > 1 else [d_part]
-            # Recompute after the upstream gradient exists: else the executor slices in the
-            # forward pass, and the graph optimiser merges the slices with the forward ones,
-            # which then stay alive until here.
-            with tf.control_dependencies([d_bypass]):
-                xs_again = [tf.identity(x) for x in xs]
-            d_xs, d_w = [], []
-            for e, x in enumerate(xs_again):
-                b, out = bypass_of(x)
-                d_out = d_bypass if w is None else w[e] * d_bypass
-                if w is not None:
-                    d_w.append(tf.reduce_sum(out * d_bypass))
-                d_b = d_out if stride == 1 else tf.raw_ops.MaxPoolGrad(
-                    orig_input=b, orig_output=out, grad=d_out, ksize=[1, 2, 2, 1],
-                    strides=[1, 2, 2, 1], padding="VALID")
-                d_xs.append(tf.concat([d_parts[e], d_b], axis=-1))
-            return d_xs + ([tf.stack(d_w)] if w is not None else [])
-
-        return (part, bypass), grad
-
-    return split(*inputs, *([scales] if scales is not None else []))
 
 
 def edge_weights(beta, num_nodes: int):
@@ -140,13 +88,21 @@ class PartialChannelMixedOp(cells.MixedOp):
         if self.partial_channels == 1:
             x = inputs[0] if len(inputs) == 1 else tf.concat(inputs, axis=-1)
             return self._sum_edges(self._mix(x, weights, training))
-        # No concatenation of the whole inputs and no strided-slice gradients: each input's
-        # gradient is one concatenation (StridedSliceGrad writes a zero tensor of the
-        # input's size and scatters into it: 23% of the step at batch 256, BENCHMARKS.md).
-        part, bypass = partial_channel_inputs(
-            inputs, self.channels, self.stride,
-            None if edge_weights is None else tf.cast(edge_weights, inputs[0].dtype))
+        # Each edge's input split once into its candidates' channels and its bypass, with no
+        # concatenation of the whole inputs: a split's gradient is one concatenation, where
+        # two strided slices' gradients each write a zero tensor of the input's size and
+        # scatter into it (StridedSliceGrad took 23% of the step at batch 256), and a
+        # concatenation's gradient slices its whole size again (BENCHMARKS.md).
+        parts, bypasses = zip(*(tf.split(x, [self.channels, self.full_channels - self.channels],
+                                         axis=-1) for x in inputs))
+        part = parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
         y = self._sum_edges(self._mix(part, weights, training))
+        if self.stride == 2:
+            bypasses = [tf.nn.max_pool2d(b, 2, 2, "VALID") for b in bypasses]
+        if edge_weights is not None:
+            scales = tf.unstack(tf.cast(edge_weights, y.dtype))
+            bypasses = [scale * b for scale, b in zip(scales, bypasses)]
+        bypass = bypasses[0] if len(bypasses) == 1 else tf.add_n(bypasses)
         return channel_shuffle(tf.concat([y, bypass], axis=-1), self.partial_channels)
 
     def get_config(self):

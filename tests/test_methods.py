@@ -163,51 +163,6 @@ def test_partial_channel_mixed_op_by_its_definition(stride):
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("stride,scaled", [(1, True), (2, True), (1, False), (2, False)])
-def test_partial_channel_inputs_differentiate_as_slices_do(stride, scaled):
-    """partial_channel_inputs' written-out gradient, and that gradient's own gradient (second
-    order goes through it), against TensorFlow's on plain slices, pools and sums (float64)."""
-    c, k, edges = 8, 2, 3
-    rng = np.random.default_rng(2)
-    xs = [tf.constant(rng.normal(size=(2, 6, 6, c))) for _ in range(edges)]
-    scales = tf.constant(rng.uniform(0.1, 1.0, size=edges)) if scaled else None
-    probe_part = tf.constant(rng.normal(size=(2, 6, 6, edges * k)))
-    probe_bypass = tf.constant(rng.normal(size=(2, 6 // stride, 6 // stride, c - k)))
-    direction = [tf.constant(rng.normal(size=x.shape)) for x in xs]
-
-    def plain(xs, scales):
-        part = tf.concat([x[..., :k] for x in xs], axis=-1)
-        bypass = [x[..., k:] if stride == 1 else tf.nn.max_pool2d(x[..., k:], 2, 2, "VALID")
-                  for x in xs]
-        if scales is not None:
-            bypass = [scales[e] * b for e, b in enumerate(bypass)]
-        return part, tf.add_n(bypass)
-
-    def derivatives(fn):
-        variables = xs + ([scales] if scaled else [])
-        with tf.GradientTape() as outer:
-            outer.watch(variables)
-            with tf.GradientTape() as inner:
-                inner.watch(variables)
-                part, bypass = fn(xs, scales)
-                # Squares make the second derivative depend on the function, not only on
-                # the probes.
-                loss = (tf.reduce_sum(part * probe_part) + tf.reduce_sum(bypass * probe_bypass)
-                        + tf.reduce_sum(tf.square(bypass)))
-            grads = inner.gradient(loss, variables)
-            along = tf.add_n([tf.reduce_sum(g * d) for g, d in zip(grads, direction)])
-        return (part, bypass), grads, outer.gradient(along, variables)
-
-    def ours(xs, scales):
-        return methods.partial_channel_inputs(xs, k, stride, scales)
-
-    reference = derivatives(plain)
-    # Eagerly (tf.custom_gradient) and traced (the gradient registered for the graph op).
-    for got in (derivatives(ours), tf.function(lambda: derivatives(ours))()):
-        for a, b in zip(tf.nest.flatten(got), tf.nest.flatten(reference)):
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12, atol=1e-12)
-
-
 def test_edge_weights_sum_to_one_per_node():
     beta = np.random.default_rng(2).normal(size=14)
     tf_weights = methods.edge_weights(tf.constant(beta), 4).numpy()
