@@ -6,6 +6,9 @@ r"""Search-step benchmark: start-up, time per step and peak memory, one configur
     python bench/search_step.py --tiny               # the tests' tiny supernet (start-up)
     python bench/search_step.py --plan=first_order,64,darts first_order,256,pc_darts --rounds=2
                                                      # given configurations, alternated
+    python bench/search_step.py --interleave first_order,64,darts first_order,256,pc_darts \
+        --steps=8                                    # two configurations in one process,
+                                                     # step by step: their time ratio
 
 Configuration: the reference search network (C=16, 8 cells, 4 nodes, 32x32x3
 inputs, 10 classes), random data, the full search step of trainers/search/trainer.py
@@ -26,6 +29,13 @@ configuration:
   gflops         step_gflop / step_s_median
 and once per run the rate of a 4096x4096 float32 matmul (the machine's sustained peak
 in TensorFlow) to compare with.
+
+--interleave A B: both trainers in one process, one warm-up step each, then A, B, A, B,
+... `--steps` times each. Printed: each one's step times and median, and the median of
+B / A over the pairs. On a shared machine the time per step drifts by 20-30% between
+processes and over minutes; a pair of steps next to each other sees the same machine, so
+the ratio is far steadier than one of medians taken in separate processes. Memory is
+not reported (one process holds both): take it from --plan.
 """
 from __future__ import annotations
 
@@ -132,6 +142,60 @@ def run_one(order: str, batch: int, steps: int, model: str = "reference",
             "gflops": float(f"{gflop / float(np.median(times[1:])):.4g}") if len(times) > 1 else None}
 
 
+def interleave(specs, steps: int) -> dict:
+    """Two configurations' steps alternated in one process (see the module's docstring)."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    import darts_tf  # pylint: disable=import-outside-toplevel
+    from trainers import search  # pylint: disable=import-outside-toplevel
+    from configs import SearchConfig  # pylint: disable=import-outside-toplevel
+
+    rng = np.random.default_rng(0)
+    runs = []
+    for spec in specs:
+        order, batch, *method = spec.split(",")
+        config = SearchConfig(batch_size=int(batch), **ORDERS[order],
+                              **METHODS[(method or ["darts"])[0]])
+        model_fn, shape, _ = _models(darts_tf, config.supernet_options())["reference"]
+        trainer = search.SearchTrainer(model_fn, config, input_shape=shape)
+
+        def batch_pair(batch=int(batch), shape=shape):
+            def one():
+                return (tf.constant(rng.normal(size=(batch, *shape)).astype(np.float32)),
+                        tf.constant(rng.integers(0, 10, size=batch).astype(np.int32)))
+            return one(), one()
+
+        float(trainer.step(*batch_pair())["loss"])  # trace and warm up
+        runs.append((trainer, batch_pair, []))
+    for _ in range(steps):
+        for trainer, batch_pair, times in runs:
+            train, val = batch_pair()
+            start, cpu = time.time(), time.process_time()
+            float(trainer.step(train, val)["loss"])
+            times.append((time.time() - start, time.process_time() - cpu))
+    (_, _, a), (_, _, b) = runs
+    ratios = [y[0] / x[0] for x, y in zip(a, b)]
+    cpu_ratios = [y[1] / x[1] for x, y in zip(a, b)]
+    return {"interleaved": list(specs), "step_s": [[round(t, 2) for t, _ in a],
+                                                   [round(t, 2) for t, _ in b]],
+            "step_s_median": [round(float(np.median([t for t, _ in run])), 2)
+                              for run in (a, b)],
+            "ratio_median": round(float(np.median(ratios)), 3),
+            "ratio_range": [round(min(ratios), 3), round(max(ratios), 3)],
+            # CPU seconds of the process per step (both cores): what the step costs without
+            # the time it waited for a core.
+            "cpu_s_median": [round(float(np.median([c for _, c in run])), 2) for run in (a, b)],
+            "cpu_ratio_median": round(float(np.median(cpu_ratios)), 3),
+            "machine": proc_clock_cpu_model(), "load": round(os.getloadavg()[0], 2)}
+
+
+def proc_clock_cpu_model() -> str:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import proc_clock  # pylint: disable=import-outside-toplevel
+    return proc_clock.cpu_model()
+
+
 def _reset_allocator_peak(tf):
     try:
         tf.config.experimental.reset_memory_stats("CPU:0")
@@ -172,7 +236,12 @@ def main():
                         help="the tests' tiny supernet at batch 8 (start-up of a test search)")
     parser.add_argument("--steps", type=int, default=4, help="steps per configuration")
     parser.add_argument("--output", help="append the JSON lines to this file")
+    parser.add_argument("--interleave", nargs=2, metavar=("A", "B"),
+                        help="order,batch[,method] x 2: alternated step by step in this process")
     args = parser.parse_args()
+    if args.interleave:
+        print(json.dumps(interleave(args.interleave, args.steps)), flush=True)
+        return
     if args.one:
         order, batch, *rest = args.one.split(",")
         print(json.dumps(run_one(order, int(batch), args.steps, *rest)), flush=True)
