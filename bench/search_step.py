@@ -105,10 +105,7 @@ def run_one(order: str, batch: int, steps: int, model: str = "reference",
     rng = np.random.default_rng(0)
 
     def batch_pair():
-        def one():
-            return (tf.constant(rng.normal(size=(batch, *shape)).astype(np.float32)),
-                    tf.constant(rng.integers(0, 10, size=batch).astype(np.int32)))
-        return one(), one()
+        return _batch_pair(rng, batch, shape)
 
     times, allocator_peaks = [], []
     for _ in range(steps):
@@ -150,6 +147,7 @@ def interleave(specs, steps: int) -> dict:
     import darts_tf  # pylint: disable=import-outside-toplevel
     from trainers import search  # pylint: disable=import-outside-toplevel
     from configs import SearchConfig  # pylint: disable=import-outside-toplevel
+    import proc_clock  # pylint: disable=import-outside-toplevel  (beside this script)
 
     rng = np.random.default_rng(0)
     runs = []
@@ -161,10 +159,7 @@ def interleave(specs, steps: int) -> dict:
         trainer = search.SearchTrainer(model_fn, config, input_shape=shape)
 
         def batch_pair(batch=int(batch), shape=shape):
-            def one():
-                return (tf.constant(rng.normal(size=(batch, *shape)).astype(np.float32)),
-                        tf.constant(rng.integers(0, 10, size=batch).astype(np.int32)))
-            return one(), one()
+            return _batch_pair(rng, batch, shape)
 
         float(trainer.step(*batch_pair())["loss"])  # trace and warm up
         runs.append((trainer, batch_pair, []))
@@ -187,13 +182,18 @@ def interleave(specs, steps: int) -> dict:
             # the time it waited for a core.
             "cpu_s_median": [round(float(np.median([c for _, c in run])), 2) for run in (a, b)],
             "cpu_ratio_median": round(float(np.median(cpu_ratios)), 3),
-            "machine": proc_clock_cpu_model(), "load": round(os.getloadavg()[0], 2)}
+            "machine": proc_clock.cpu_model(), "load": round(os.getloadavg()[0], 2)}
 
 
-def proc_clock_cpu_model() -> str:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import proc_clock  # pylint: disable=import-outside-toplevel
-    return proc_clock.cpu_model()
+def _batch_pair(rng, batch: int, shape):
+    """A (train, validation) pair of random batches: images of `shape`, labels of 10 classes."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    def one():
+        return (tf.constant(rng.normal(size=(batch, *shape)).astype(np.float32)),
+                tf.constant(rng.integers(0, 10, size=batch).astype(np.int32)))
+    return one(), one()
 
 
 def _reset_allocator_peak(tf):

@@ -157,9 +157,10 @@ def factorized_reduce(x, kernel_1, kernel_2) -> tf.Tensor:
     (0, 0), kernel_2 at tap (1, 1) and zeros elsewhere: no strided slices, whose gradients
     each write a zero tensor of x's size and scatter into it, and one input gradient in
     place of two summed. Forward and backward take 2.1-3.5x less time
-    (bench/factorized_reduce.py), though the conv multiplies zeros. The ReLU of all of x is
-    the one that a ReLUConvBN on the same input computes (a cell's preprocess1 and the next
-    cell's preprocess0 read the same state): the graph optimiser merges the two.
+    (bench/factorized_reduce.py), though the conv multiplies zeros. The backward pass keeps
+    the ReLU of all of x rather than of the quarter the paths read; PC-DARTS' allocator
+    peak at batch 256 stayed within the run-to-run spread (2.21-2.29 GB against
+    2.30-2.36 GB, BENCHMARKS.md).
     """
     c_in, out = kernel_1.shape[2], kernel_1.shape[3]
     groups = x.shape[-1] // c_in

@@ -6,8 +6,8 @@ output elements * kernel height * kernel width * input channels per group; a
 depthwise convolution output elements * kernel height * kernel width; a matrix
 multiply rows * inner * columns. Pooling, batch norm, activations, additions and
 biases are not counted. Counts are per example (traced at batch 1). FactorizedReduce,
-which runs as one 2x2 conv with zeros on two of its taps (`darts_tf.kernels`), counts as
-the reference's two 1x1 convs.
+which runs as one 2x2 conv in which each output channel has one nonzero tap of four
+(`darts_tf.kernels.factorized_reduce`), counts as the reference's two 1x1 convs.
 """
 from __future__ import annotations
 
