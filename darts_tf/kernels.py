@@ -438,6 +438,57 @@ def _recomputing_relu_depthwise_pointwise(x, depthwise, pointwise, stride, paddi
     return block(x, depthwise, pointwise)
 
 
+def _channels_view_is_faster(x) -> bool:
+    """Whether `_fused_batch_norm_forward` takes x's NCHW view (oneDNN, float32, C % 16 == 8)."""
+    channels = x.shape[-1]
+    return (x.dtype == tf.float32 and channels is not None and channels > 16
+            and channels % 16 == 8 and onednn_enabled())
+
+
+def _fused_batch_norm_forward(x, scale, offset, mean, variance, epsilon: float, momentum: float):
+    """The five outputs of `tf.raw_ops.FusedBatchNorm` in training on NHWC x, forward only.
+
+    oneDNN's training-mode kernel on NHWC float32 takes 2.5-3x the time per element when
+    the channels are an odd multiple of 8 above 16 (24, 40, 56, ...: PC-DARTS' edges of
+    8 channels side by side, 3 or 5 of them; `bench/batch_norm.py`). The same tensor viewed
+    as NCHW with 1x1 images, (N*H*W, C, 1, 1), a reshape without a copy, runs at the usual
+    rate and gives the same values (bit for bit on this CPU). Its gradient in that view is
+    the slow one (3.5x), so callers take the gradient on NHWC x (`batch_norm_training`).
+    """
+    kwargs = dict(scale=scale, offset=offset, mean=mean, variance=variance, epsilon=epsilon,
+                  is_training=True, exponential_avg_factor=momentum)
+    if not _channels_view_is_faster(x):
+        return tf.raw_ops.FusedBatchNorm(x=x, **kwargs)
+    outputs = tf.raw_ops.FusedBatchNorm(x=tf.reshape(x, [-1, x.shape[-1], 1, 1]),
+                                        data_format="NCHW", **kwargs)
+    return (tf.reshape(outputs[0], tf.shape(x)),) + tuple(outputs[1:])
+
+
+def batch_norm_training(x, scale, offset, moving_mean, moving_variance, epsilon: float,
+                        momentum: float):
+    """(y, new moving mean, new moving variance) of `tf.raw_ops.FusedBatchNorm` in training,
+    with its own gradient (FusedBatchNormGrad on NHWC x, whose derivatives TensorFlow
+    registers), the forward on the faster layout (`_fused_batch_norm_forward`).
+    """
+    if not _channels_view_is_faster(x):
+        return tuple(_fused_batch_norm_forward(x, scale, offset, moving_mean, moving_variance,
+                                               epsilon, momentum)[:3])
+
+    @custom_gradient
+    def normalize(x, scale, offset):
+        outputs = _fused_batch_norm_forward(x, scale, offset, moving_mean, moving_variance,
+                                            epsilon, momentum)
+
+        def grad(dy, *unused):
+            return tuple(tf.raw_ops.FusedBatchNormGrad(
+                y_backprop=dy, x=x, scale=scale, reserve_space_1=outputs[3],
+                reserve_space_2=outputs[4], epsilon=epsilon, is_training=True)[:3])
+
+        return tuple(outputs[:3]), grad
+
+    return normalize(x, scale, offset)
+
+
 def batch_norm_keeping_output(x, moving_mean, moving_variance, epsilon: float, momentum: float):
     """Training-mode batch norm without scale and offset whose gradient reads y, not x.
 
@@ -461,10 +512,9 @@ def batch_norm_keeping_output(x, moving_mean, moving_variance, epsilon: float, m
 
     @custom_gradient
     def normalize(x):
-        y, new_mean, new_variance, batch_mean, batch_variance = tf.raw_ops.FusedBatchNorm(
-            x=x, scale=graph_constant(1.0, channels), offset=zeros, mean=moving_mean,
-            variance=moving_variance, epsilon=epsilon, is_training=True,
-            exponential_avg_factor=momentum)
+        y, new_mean, new_variance, batch_mean, batch_variance = _fused_batch_norm_forward(
+            x, graph_constant(1.0, channels), zeros, moving_mean, moving_variance, epsilon,
+            momentum)
         del batch_mean
         stats.extend([new_mean, new_variance])
         inv_std = _inv_std(x, y, tf.math.rsqrt(batch_variance + epsilon))

@@ -97,11 +97,18 @@ class Op(keras.layers.Layer):
             y, mean, variance = kernels.batch_norm_keeping_output(
                 x, tf.convert_to_tensor(v["moving_mean"]),
                 tf.convert_to_tensor(v["moving_variance"]), BN_EPSILON, BN_MOMENTUM)
+        elif training and x.dtype == tf.float32:
+            # The op's first version: the gradient tape knows that its gradient needs no zeros
+            # for the unused statistics outputs; for V3 it makes a zero constant for each of
+            # them, five per BN (3,230 dead ops in the reference search step's graph, traced
+            # and then pruned). Its forward runs on the faster layout (kernels).
+            y, mean, variance = kernels.batch_norm_training(
+                x, tf.convert_to_tensor(scale), tf.convert_to_tensor(offset),
+                tf.convert_to_tensor(v["moving_mean"]),
+                tf.convert_to_tensor(v["moving_variance"]), BN_EPSILON, BN_MOMENTUM)
         else:
-            # float32: the op's first version, the same kernel. The gradient tape knows that
-            # its gradient needs no zeros for the unused statistics outputs; for V3 it makes a
-            # zero constant for each of them, five per BN (3,230 dead ops in the reference
-            # search step's graph, traced and then pruned). V3 for float16 / bfloat16 inputs.
+            # Inference (the first version in float32), and training in float16 / bfloat16
+            # (V3).
             bn = (tf.raw_ops.FusedBatchNorm if x.dtype == tf.float32
                   else tf.raw_ops.FusedBatchNormV3)
             y, mean, variance = bn(

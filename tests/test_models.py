@@ -485,6 +485,65 @@ def test_batch_norm_keeping_output_matches_fused_batch_norm_and_reads_only_its_o
     assert not [t for t in readers_of_the_input(ours) if t.endswith("Grad")]
 
 
+@pytest.mark.parametrize("channels", [24, 40, 32])
+def test_batch_norm_training_matches_fused_batch_norm_in_values_and_two_derivatives(channels):
+    """The training batch norms with a scale (the candidates' last ones, retraining's):
+    outputs, running estimates, gradients (input, scale, offset) and second derivatives
+    as FusedBatchNorm on NHWC; on an odd multiple of 8 channels above 16 (oneDNN's slow
+    case) the forward op runs on the NCHW view, the gradient op on NHWC."""
+    rng = np.random.default_rng(channels)
+    shape = (4, 6, 6, channels)
+    x = tf.constant(rng.normal(size=shape).astype(np.float32) * 3 + 1)
+    dy = tf.constant(rng.normal(size=shape).astype(np.float32))
+    direction = tf.constant(rng.normal(size=shape).astype(np.float32))
+    scale = tf.constant(rng.uniform(0.5, 1.5, size=channels).astype(np.float32))
+    offset = tf.constant(rng.normal(size=channels).astype(np.float32))
+    moving_mean = tf.constant(rng.normal(size=channels).astype(np.float32))
+    moving_variance = tf.constant(rng.uniform(0.5, 2.0, size=channels).astype(np.float32))
+
+    def builtin(x, scale, offset):
+        return tuple(tf.raw_ops.FusedBatchNorm(
+            x=x, scale=scale, offset=offset, mean=moving_mean, variance=moving_variance,
+            epsilon=ops.BN_EPSILON, is_training=True,
+            exponential_avg_factor=ops.BN_MOMENTUM)[:3])
+
+    def ours(x, scale, offset):
+        return kernels.batch_norm_training(x, scale, offset, moving_mean, moving_variance,
+                                           ops.BN_EPSILON, ops.BN_MOMENTUM)
+
+    def derivatives(bn, x, scale, offset):
+        with tf.GradientTape() as outer:
+            outer.watch([x, scale])
+            with tf.GradientTape() as inner:
+                inner.watch([x, scale, offset])
+                outputs = bn(x, scale, offset)
+            grads = inner.gradient(outputs[0], [x, scale, offset], output_gradients=dy)
+            dot = tf.reduce_sum(tf.sin(grads[0]) * direction) + tf.reduce_sum(grads[1] ** 2)
+        return outputs, grads, outer.gradient(dot, [x, scale])
+
+    results = {}
+    for bn in (builtin, ours):
+        fn = tf.function(lambda x, s, o, bn=bn: derivatives(bn, x, s, o), autograph=False)
+        results[bn] = fn(x, scale, offset)
+        graph = fn.get_concrete_function(x, scale, offset).graph
+        formats = {op.type: op.get_attr("data_format").decode() for op in graph.get_operations()
+                   if op.type in ("FusedBatchNorm", "FusedBatchNormGrad")}
+        view = bn is ours and channels % 16 == 8 and kernels.onednn_enabled()
+        assert formats == {"FusedBatchNorm": "NCHW" if view else "NHWC",
+                           "FusedBatchNormGrad": "NHWC"}
+    (b_out, b_grads, b_second), (o_out, o_grads, o_second) = results[builtin], results[ours]
+    for b, o in zip(list(b_out) + list(b_grads), list(o_out) + list(o_grads)):
+        np.testing.assert_allclose(o.numpy(), b.numpy(), rtol=1e-6, atol=1e-6)
+    x64, g64 = x.numpy().astype(np.float64), dy.numpy().astype(np.float64)
+    normalised = (x64 - x64.mean(axis=(0, 1, 2))) / np.sqrt(x64.var(axis=(0, 1, 2))
+                                                            + ops.BN_EPSILON)
+    np.testing.assert_allclose(o_grads[1].numpy(), (g64 * normalised).sum(axis=(0, 1, 2)),
+                               rtol=1e-5, atol=1e-5)
+    for b, o in zip(b_second, o_second):
+        assert np.abs(b.numpy()).max() > 1e-2
+        np.testing.assert_allclose(o.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_output_scale_equals_scaling_the_output_in_values_and_derivatives(stride):
     """Each search candidate applies the mixed op's per-channel weights itself (most in
