@@ -28,6 +28,16 @@ both. Per run: start-up (process start to the end of the first step, from /proc)
 step after the first, peak RSS; the load average before and after each run. At the end: the
 medians over rounds and the ratios (reference / ours for time, ours / reference for memory),
 as JSON lines and as a Markdown table for BENCHMARKS.md.
+
+`--lockstep`: the step times by neighbouring steps instead of by separate runs. Per round
+and configuration both sides start (one after the other, each alone: the start-up figures
+are the same as without it), then stay alive, each waiting for the parent, which asks for
+one step at a time, alternately (reference, ours, ours, reference, ...): `--steps` pairs.
+The ratio of a pair's two steps (and of their CPU seconds) is taken a few seconds apart,
+so the machine's drift, 20-30% between processes minutes apart on shared machines, falls
+on both; the summary gives the median of the pair ratios over all rounds beside the ratio
+of the medians. Both processes are in memory at once (the reference at batch 64, second
+order, and ours: about 17 GB).
 """
 from __future__ import annotations
 
@@ -84,7 +94,8 @@ def _import_reference(reference_dir: str):
     return torch
 
 
-def reference_search(reference_dir: str, order: str, batch: int, steps: int) -> dict:
+def reference_search_step(reference_dir: str, order: str, batch: int, steps: int):
+    """(torch, step(*tensors), the inputs of `steps` steps) of train_search.py's loop."""
     torch = _import_reference(reference_dir)
     from torch import nn  # pylint: disable=import-outside-toplevel
     import architect  # pylint: disable=import-outside-toplevel,import-error
@@ -109,11 +120,11 @@ def reference_search(reference_dir: str, order: str, batch: int, steps: int) -> 
         nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
         optimizer.step()
         return loss
-    return _time_steps(torch, step, ((*_nchw(torch, *t), *_nchw(torch, *v))
-                                     for t, v in batches(batch, steps)))
+    return torch, step, ((*_nchw(torch, *t), *_nchw(torch, *v)) for t, v in batches(batch, steps))
 
 
-def reference_retrain(reference_dir: str, batch: int, steps: int) -> dict:
+def reference_retrain_step(reference_dir: str, batch: int, steps: int):
+    """(torch, step(*tensors), the inputs of `steps` steps) of train.py's loop."""
     torch = _import_reference(reference_dir)
     from torch import nn  # pylint: disable=import-outside-toplevel
     import genotypes  # pylint: disable=import-outside-toplevel,import-error
@@ -136,7 +147,7 @@ def reference_retrain(reference_dir: str, batch: int, steps: int) -> dict:
         nn.utils.clip_grad_norm_(network.parameters(), GRAD_CLIP)
         optimizer.step()
         return loss
-    return _time_steps(torch, step, (_nchw(torch, *b) for b in batches(batch, steps, pairs=False)))
+    return torch, step, (_nchw(torch, *b) for b in batches(batch, steps, pairs=False))
 
 
 def _nchw(torch, x, y):
@@ -156,6 +167,69 @@ def _time_steps(torch, step, inputs) -> dict:
                     torch_version=torch.__version__)
 
 
+# ----- our side, for --lockstep (run by this project's Python; the same batches) -----
+
+def ours_step(config: str, steps: int):
+    """(step(*tensors) -> loss tensor, the numpy inputs of `steps` steps) as search_step.py
+    (`--one`) and retrain_step.py (`--no-export`) build them, on `batches()`' batches
+    (as tensors, made when the generator is advanced)."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    sys.path.insert(1, os.path.dirname(HERE))  # the repository's root
+    import darts_tf  # pylint: disable=import-outside-toplevel
+    import search_step  # pylint: disable=import-outside-toplevel  (beside this script)
+
+    kind, batch = config.split(",")
+    batch = int(batch)
+
+    def tensors(x, y):
+        return tf.constant(x), tf.constant(y.astype(np.int32))
+    if kind == "retrain":
+        from configs import RetrainConfig  # pylint: disable=import-outside-toplevel
+        from trainers import retrain  # pylint: disable=import-outside-toplevel
+        trainer = retrain.RetrainTrainer(
+            lambda: darts_tf.NetworkCIFAR(darts_tf.genotypes.DARTS_V2),
+            RetrainConfig(batch_size=batch), tf.distribute.get_strategy(),
+            input_shape=(32, 32, 3), num_classes=10)
+        trainer.set_epoch(300)  # as retrain_step.py: drop path at half its final rate
+
+        def step(x, y):
+            return trainer.train_step(tensors(x, y))["loss"]
+        return step, batches(batch, steps, pairs=False)
+    from configs import SearchConfig  # pylint: disable=import-outside-toplevel
+    from trainers import search  # pylint: disable=import-outside-toplevel
+    search_config = SearchConfig(batch_size=batch, **search_step.ORDERS[kind])
+    trainer = search.SearchTrainer(lambda: darts_tf.Supernet(num_classes=10), search_config,
+                                   input_shape=(32, 32, 3))
+
+    def search_one(train_x, train_y, val_x, val_y):
+        return trainer.step((train_x, train_y), (val_x, val_y))["loss"]
+    return search_one, ((*tensors(*t), *tensors(*v)) for t, v in batches(batch, steps))
+
+
+def serve_steps(step, inputs) -> None:
+    """A --lockstep child: the first step, then one step per "step" line on stdin.
+
+    Prints one JSON line after the first step (start-up), one per step (wall and CPU
+    seconds) and one at the end ("end" or end of input: the peak RSS). A step's inputs are
+    made before its timing starts."""
+    inputs = iter(inputs)
+    start = time.time()
+    float(step(*next(inputs)))
+    print(json.dumps({"startup_s": round(proc_clock.process_age_s(), 2),
+                      "first_step_s": round(time.time() - start, 2)}), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        tensors = next(inputs)
+        start, cpu = time.time(), time.process_time()
+        float(step(*tensors))
+        print(json.dumps({"wall_s": round(time.time() - start, 3),
+                          "cpu_s": round(time.process_time() - cpu, 3)}), flush=True)
+    print(json.dumps({"peak_rss_gb": round(proc_clock.peak_rss_gb(), 2)}), flush=True)
+
+
 def _figures(times, startup, **extra) -> dict:
     median = _median(times[1:])
     return {"startup_s": round(startup, 2), "first_step_s": round(times[0], 2),
@@ -166,7 +240,12 @@ def _figures(times, startup, **extra) -> dict:
 
 # ----- the parent: alternate the two sides -----
 
-def _command(side: str, config: str, args) -> list[str]:
+def _command(side: str, config: str, args, lockstep: bool = False) -> list[str]:
+    if lockstep:  # the first step, then args.steps more, one per request
+        python = args.torch_python if side == "reference" else sys.executable
+        return [python, os.path.abspath(__file__), f"--child={config}", "--lockstep",
+                f"--reference_dir={args.reference_dir}", f"--steps={args.steps + 1}",
+                *(["--ours"] if side == "ours" else [])]
     if side == "reference":
         return [args.torch_python, os.path.abspath(__file__), f"--child={config}",
                 f"--reference_dir={args.reference_dir}", f"--steps={args.steps}"]
@@ -194,6 +273,76 @@ def run_side(side: str, config: str, args) -> dict:
     return record
 
 
+class ChildFailed(RuntimeError):
+    """A --lockstep child ended or wrote something that is not its JSON line."""
+
+
+def _read_line(proc, stderr) -> dict:
+    """The child's next JSON line (lines that are not JSON objects are skipped)."""
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            proc.wait()
+            stderr.seek(0)
+            raise ChildFailed(f"exit status {proc.returncode}: {stderr.read().strip()[-1500:]}")
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            return record
+
+
+def run_lockstep(config: str, sides, args) -> list[dict]:
+    """One round of --lockstep: both sides started in `sides` order, each alone, then
+    `args.steps` pairs of steps, the first side first in even pairs, second in odd ones."""
+    import tempfile  # pylint: disable=import-outside-toplevel
+
+    records, children = {}, {}
+    side = sides[0]
+    try:
+        for side in sides:
+            records[side] = {"side": side, "config": config, "mode": "lockstep",
+                             "load_before": round(os.getloadavg()[0], 2)}
+            stderr = tempfile.TemporaryFile(mode="w+")
+            proc = subprocess.Popen(_command(side, config, args, lockstep=True),
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=stderr, text=True)
+            children[side] = (proc, stderr)
+            records[side].update(_read_line(proc, stderr))
+        steps = {side: [] for side in sides}
+        for i in range(args.steps):
+            for side in sides if i % 2 == 0 else sides[::-1]:
+                proc, stderr = children[side]
+                proc.stdin.write("step\n")
+                proc.stdin.flush()
+                steps[side].append(_read_line(proc, stderr))
+        for side in sides:
+            proc, stderr = children[side]
+            proc.stdin.write("end\n")
+            proc.stdin.flush()
+            records[side].update(_read_line(proc, stderr))
+            proc.wait(timeout=600)
+    except ChildFailed as failure:  # `side` is the one being started, stepped or ended
+        for proc, _ in children.values():
+            if proc.poll() is None:
+                proc.kill()
+        records[side]["error"] = str(failure)
+        return list(records.values())
+    for side in sides:
+        walls = [s["wall_s"] for s in steps[side]]
+        records[side].update({"step_s": walls, "step_s_median": _median(walls),
+                              "steps_timed": len(walls),
+                              "cpu_s_median": _median([s["cpu_s"] for s in steps[side]]),
+                              "load_after": round(os.getloadavg()[0], 2)})
+    ref, ours = steps["reference"], steps["ours"]
+    records["ours"]["pair_ratios"] = [round(r["wall_s"] / o["wall_s"], 3)
+                                      for r, o in zip(ref, ours)]
+    records["ours"]["cpu_pair_ratios"] = [round(r["cpu_s"] / o["cpu_s"], 3)
+                                          for r, o in zip(ref, ours)]
+    return [records[side] for side in sides]
+
+
 def _median(values):
     values = sorted(v for v in values if v is not None)
     if not values:
@@ -218,6 +367,14 @@ def summarize(records: list[dict]) -> list[dict]:
             row["step_speedup"] = round(ref["step_s_median"] / ours["step_s_median"], 2)
             row["startup_ratio"] = round(ours["startup_s"] / ref["startup_s"], 2)
             row["rss_ratio"] = round(ours["peak_rss_gb"] / ref["peak_rss_gb"], 2)
+        pairs = [p for r in records if r["config"] == config and r["side"] == "ours"
+                 and "error" not in r for p in r.get("pair_ratios", ())]
+        if pairs:  # --lockstep: the reference's step over ours, pair by pair
+            row["step_speedup_pairs"] = round(_median(pairs), 2)
+            row["pair_ratio_range"] = [min(pairs), max(pairs)]
+            row["cpu_speedup_pairs"] = round(_median(
+                [p for r in records if r["config"] == config and r["side"] == "ours"
+                 and "error" not in r for p in r.get("cpu_pair_ratios", ())]), 2)
         rows.append(row)
     return rows
 
@@ -231,9 +388,15 @@ def markdown(rows: list[dict], records: list[dict]) -> str:
             values = [r.get(key) for r in records if r["config"] == row["config"]
                       and r["side"] == side and "error" not in r]
             return ", ".join(f"{v:.{digits}f}" for v in values) or "failed"
+        pairs = ""
+        if "step_speedup_pairs" in row:
+            low, high = row["pair_ratio_range"]
+            pairs = (f" (pairs: {row['step_speedup_pairs']}x, {low:.2f}-{high:.2f}x; CPU "
+                     f"{row['cpu_speedup_pairs']}x)")
         lines.append(
             f"| {row['config']} | {each('reference', 'step_s_median', 2)} | "
-            f"{each('ours', 'step_s_median', 2)} | {row.get('step_speedup', '-')}x | "
+            f"{each('ours', 'step_s_median', 2)} | {row.get('step_speedup', '-')}x"
+            f"{pairs} | "
             f"{each('reference', 'startup_s', 1)} | {each('ours', 'startup_s', 1)} | "
             f"{row.get('startup_ratio', '-')}x | {each('reference', 'peak_rss_gb', 2)} | "
             f"{each('ours', 'peak_rss_gb', 2)} | {row.get('rss_ratio', '-')}x |")
@@ -253,18 +416,30 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=4, help="steps per run (the first is "
                         "start-up; the median is over the others)")
     parser.add_argument("--output", help="append every record and the summary (JSON lines)")
+    parser.add_argument("--lockstep", action="store_true",
+                        help="both sides alive at once, their steps alternated one by one; "
+                        "--steps pairs after the first step (see the module's docstring)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--ours", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not args.reference_dir:
         parser.error("--reference_dir is required (the cnn/ directory of quark0/darts)")
 
-    if args.child:  # in the reference's process
+    if args.child:  # in a side's process
         kind, batch = args.child.split(",")
+        if args.ours:  # --lockstep only: the timed runs of ours are search_step.py's
+            serve_steps(*ours_step(args.child, args.steps))
+            return
         if kind == "retrain":
-            result = reference_retrain(args.reference_dir, int(batch), args.steps)
+            torch, step, inputs = reference_retrain_step(args.reference_dir, int(batch),
+                                                         args.steps)
         else:
-            result = reference_search(args.reference_dir, kind, int(batch), args.steps)
-        print(json.dumps(result), flush=True)
+            torch, step, inputs = reference_search_step(args.reference_dir, kind, int(batch),
+                                                         args.steps)
+        if args.lockstep:
+            serve_steps(step, inputs)
+        else:
+            print(json.dumps(_time_steps(torch, step, inputs)), flush=True)
         return
 
     for config in args.configs:
@@ -280,8 +455,9 @@ def main(argv=None):
     for round_index in range(args.rounds):
         sides = ("reference", "ours") if round_index % 2 == 0 else ("ours", "reference")
         for config in configs:
-            for side in sides:
-                record = run_side(side, config, args)
+            runs = (run_lockstep(config, sides, args) if args.lockstep
+                    else [run_side(side, config, args) for side in sides])
+            for record in runs:
                 record["round"] = round_index + 1
                 records.append(record)
                 _emit(record, args.output)

@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
@@ -107,3 +109,64 @@ def test_memory_at_peak_replays_allocations_and_labels_the_live_tensors():
                           "backward: max_pool_3x3/MaxPoolGrad": 3 * gb,
                           "concat": gb // 2}
     assert profile_step.memory_at_peak(_allocation_trace([])) == (None, {})
+
+
+_FAKE_SIDE = r"""
+import json, sys, time
+side, fail_at = sys.argv[1], int(sys.argv[2])
+walls = {"reference": [9.0, 8.0, 12.0], "ours": [3.0, 2.0, 2.0]}[side]
+print("a line that is not JSON", flush=True)
+print(json.dumps({"startup_s": 1.5, "first_step_s": 0.5}), flush=True)
+for i, line in enumerate(sys.stdin):
+    if line.strip() != "step":
+        break
+    if i == fail_at:
+        sys.exit("boom at step %d" % i)
+    with open(sys.argv[3], "a") as log:
+        log.write(side + "\n")
+    print(json.dumps({"wall_s": walls[i], "cpu_s": 2 * walls[i] - 1}), flush=True)
+print(json.dumps({"peak_rss_gb": {"reference": 2.5, "ours": 1.25}[side]}), flush=True)
+"""
+
+
+def _lockstep(tmp_path, monkeypatch, fail_side=None, fail_at=-1):
+    script = tmp_path / "side.py"
+    script.write_text(_FAKE_SIDE)
+    log = tmp_path / "order.log"
+    monkeypatch.setattr(compare_reference, "_command", lambda side, config, args, lockstep: [
+        sys.executable, str(script), side,
+        str(fail_at if side == fail_side else -1), str(log)])
+    args = compare_reference.argparse.Namespace(steps=3)
+    records = compare_reference.run_lockstep("first_order,16", ("reference", "ours"), args)
+    return records, log
+
+
+def test_lockstep_alternates_the_sides_step_by_step_and_takes_the_pair_ratios(
+        tmp_path, monkeypatch):
+    records, log = _lockstep(tmp_path, monkeypatch)
+    # Pairs alternate which side goes first: ref, ours | ours, ref | ref, ours.
+    assert log.read_text().split() == ["reference", "ours", "ours", "reference", "reference",
+                                       "ours"]
+    ref, ours = records
+    assert (ref["side"], ours["side"]) == ("reference", "ours")
+    assert ref["step_s"] == [9.0, 8.0, 12.0] and ref["step_s_median"] == 9.0
+    assert ours["step_s_median"] == 2.0 and ours["cpu_s_median"] == 3.0
+    assert ref["startup_s"] == 1.5 and ours["peak_rss_gb"] == 1.25
+    assert ours["pair_ratios"] == [3.0, 4.0, 6.0]
+    assert ours["cpu_pair_ratios"] == [round(17 / 5, 3), 5.0, round(23 / 3, 3)]
+    row, = compare_reference.summarize([{**r, "round": 1} for r in records])
+    assert row["step_speedup"] == 4.5                     # 9.0 / 2.0, of the medians
+    assert row["step_speedup_pairs"] == 4.0                 # the median pair
+    assert row["pair_ratio_range"] == [3.0, 6.0]
+    assert row["rss_ratio"] == 0.5
+    table = compare_reference.markdown([row], records)
+    assert "| 4.5x (pairs: 4.0x, 3.00-6.00x; CPU 5.0x) |" in table
+
+
+@pytest.mark.parametrize("fail_side", ["reference", "ours"])
+def test_lockstep_reports_a_failed_side_and_stops_the_other(tmp_path, monkeypatch, fail_side):
+    records, _ = _lockstep(tmp_path, monkeypatch, fail_side=fail_side, fail_at=1)
+    failed, = [r for r in records if "error" in r]
+    assert failed["side"] == fail_side and "boom at step 1" in failed["error"]
+    row, = compare_reference.summarize(records)
+    assert row[fail_side]["runs"] == 0 and "step_speedup" not in row
