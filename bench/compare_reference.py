@@ -170,9 +170,9 @@ def _time_steps(torch, step, inputs) -> dict:
 # ----- our side, for --lockstep (run by this project's Python; the same batches) -----
 
 def ours_step(config: str, steps: int):
-    """(step(*tensors) -> loss tensor, the numpy inputs of `steps` steps) as search_step.py
-    (`--one`) and retrain_step.py (`--no-export`) build them, on `batches()`' batches
-    (as tensors, made when the generator is advanced)."""
+    """(step(*tensors) -> loss tensor, the inputs of `steps` steps) as search_step.py
+    (`--one`) and retrain_step.py (`--no-export`) build them; the inputs are `batches()`'
+    batches as tensors, made when the generator is advanced."""
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
@@ -274,7 +274,7 @@ def run_side(side: str, config: str, args) -> dict:
 
 
 class ChildFailed(RuntimeError):
-    """A --lockstep child ended or wrote something that is not its JSON line."""
+    """A --lockstep child ended before writing its next JSON line."""
 
 
 def _read_line(proc, stderr) -> dict:
