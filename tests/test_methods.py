@@ -416,10 +416,10 @@ def test_pc_darts_matches_the_authors_network():
 
 
 def _recompute_pair(method_kwargs, config):
-    """Two trainers of the same all-primitive supernet (3 cells, 1 input channel), with the
-    same variables: one keeps every activation, one recomputes every cell's."""
+    """Two trainers of the same all-primitive supernet (3 cells of 1 node, 1 input channel),
+    with the same variables: one keeps every activation, one recomputes every cell's."""
     def model_fn(recompute_cells):
-        return lambda: Supernet(**{**TINY, "input_channels": 1}, **method_kwargs,
+        return lambda: Supernet(**{**TINY, "input_channels": 1, "num_nodes": 1}, **method_kwargs,
                                 recompute_cells=recompute_cells)
 
     keras.utils.set_random_seed(0)
