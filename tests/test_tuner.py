@@ -24,9 +24,11 @@ from configs import ConfigError, SearchConfig
 # keras_tuner 1.4.8's Oracle calls threading.currentThread().getName() (deprecated names).
 pytestmark = pytest.mark.filterwarnings("ignore:(currentThread|getName):DeprecationWarning")
 
+# No collapse monitor: its Hessian-vector product is traced anew in every trial and took
+# 2/3 of this file's time (tests/test_monitor.py tests it).
 CONFIG = SearchConfig(dataset="digits", epochs=1, batch_size=16, steps_per_epoch=3,
                       init_channels=4, num_cells=3, num_nodes=2, log_every=100,
-                      checkpoint_every=100)
+                      checkpoint_every=100, monitor=False)
 FIT = {"epochs": 1, "batch_size": 32, "verbose": 0}
 TINY_CELL = Genotype(normal=(("sep_conv_3x3", 0), ("skip_connect", 1), ("max_pool_3x3", 0),
                              ("sep_conv_3x3", 2)), normal_concat=(2, 3),
