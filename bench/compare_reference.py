@@ -177,7 +177,6 @@ def ours_step(config: str, steps: int):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     sys.path.insert(1, os.path.dirname(HERE))  # the repository's root
-    import darts_tf  # pylint: disable=import-outside-toplevel
     import search_step  # pylint: disable=import-outside-toplevel  (beside this script)
 
     kind, batch = config.split(",")
@@ -186,22 +185,13 @@ def ours_step(config: str, steps: int):
     def tensors(x, y):
         return tf.constant(x), tf.constant(y.astype(np.int32))
     if kind == "retrain":
-        from configs import RetrainConfig  # pylint: disable=import-outside-toplevel
-        from trainers import retrain  # pylint: disable=import-outside-toplevel
-        trainer = retrain.RetrainTrainer(
-            lambda: darts_tf.NetworkCIFAR(darts_tf.genotypes.DARTS_V2),
-            RetrainConfig(batch_size=batch), tf.distribute.get_strategy(),
-            input_shape=(32, 32, 3), num_classes=10)
-        trainer.set_epoch(300)  # as retrain_step.py: drop path at half its final rate
+        import retrain_step  # pylint: disable=import-outside-toplevel  (beside this script)
+        trainer = retrain_step.build_trainer(batch)
 
         def step(x, y):
             return trainer.train_step(tensors(x, y))["loss"]
         return step, batches(batch, steps, pairs=False)
-    from configs import SearchConfig  # pylint: disable=import-outside-toplevel
-    from trainers import search  # pylint: disable=import-outside-toplevel
-    search_config = SearchConfig(batch_size=batch, **search_step.ORDERS[kind])
-    trainer = search.SearchTrainer(lambda: darts_tf.Supernet(num_classes=10), search_config,
-                                   input_shape=(32, 32, 3))
+    trainer, _, _, _ = search_step.build_trainer(kind, batch)  # 32x32x3, as the reference
 
     def search_one(train_x, train_y, val_x, val_y):
         return trainer.step((train_x, train_y), (val_x, val_y))["loss"]
@@ -324,11 +314,14 @@ def run_lockstep(config: str, sides, args) -> list[dict]:
             records[side].update(_read_line(proc, stderr))
             proc.wait(timeout=600)
     except ChildFailed as failure:  # `side` is the one being started, stepped or ended
-        for proc, _ in children.values():
-            if proc.poll() is None:
-                proc.kill()
         records[side]["error"] = str(failure)
         return list(records.values())
+    finally:  # a side still running after a failure is killed; the stderr files are closed
+        for proc, stderr in children.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            stderr.close()
     for side in sides:
         walls = [s["wall_s"] for s in steps[side]]
         records[side].update({"step_s": walls, "step_s_median": _median(walls),
@@ -367,14 +360,14 @@ def summarize(records: list[dict]) -> list[dict]:
             row["step_speedup"] = round(ref["step_s_median"] / ours["step_s_median"], 2)
             row["startup_ratio"] = round(ours["startup_s"] / ref["startup_s"], 2)
             row["rss_ratio"] = round(ours["peak_rss_gb"] / ref["peak_rss_gb"], 2)
-        pairs = [p for r in records if r["config"] == config and r["side"] == "ours"
-                 and "error" not in r for p in r.get("pair_ratios", ())]
+        def pooled(key, config=config):  # one key's pair ratios over the rounds
+            return [p for r in records if r["config"] == config and r["side"] == "ours"
+                    and "error" not in r for p in r.get(key, ())]
+        pairs = pooled("pair_ratios")
         if pairs:  # --lockstep: the reference's step over ours, pair by pair
             row["step_speedup_pairs"] = round(_median(pairs), 2)
             row["pair_ratio_range"] = [min(pairs), max(pairs)]
-            row["cpu_speedup_pairs"] = round(_median(
-                [p for r in records if r["config"] == config and r["side"] == "ours"
-                 and "error" not in r for p in r.get("cpu_pair_ratios", ())]), 2)
+            row["cpu_speedup_pairs"] = round(_median(pooled("cpu_pair_ratios")), 2)
         rows.append(row)
     return rows
 

@@ -24,6 +24,24 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def build_trainer(batch: int, graph_optimization: str = "auto"):
+    """The benchmark's retraining trainer (NetworkCIFAR DARTS_V2, the paper's recipe),
+    with drop path at half its final rate, as mid-run (bench/compare_reference.py times
+    the same one)."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    import darts_tf  # pylint: disable=import-outside-toplevel
+    from trainers import retrain  # pylint: disable=import-outside-toplevel
+    from configs import RetrainConfig  # pylint: disable=import-outside-toplevel
+
+    config = RetrainConfig(batch_size=batch, graph_optimization=graph_optimization)
+    trainer = retrain.RetrainTrainer(
+        lambda: darts_tf.NetworkCIFAR(darts_tf.genotypes.DARTS_V2), config,
+        tf.distribute.get_strategy(), input_shape=(32, 32, 3), num_classes=10)
+    trainer.set_epoch(300)
+    return trainer
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
@@ -37,18 +55,10 @@ def main():
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    import darts_tf  # pylint: disable=import-outside-toplevel
-    from trainers import retrain  # pylint: disable=import-outside-toplevel
-    from configs import RetrainConfig  # pylint: disable=import-outside-toplevel
-
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import proc_clock  # pylint: disable=import-outside-toplevel
 
-    config = RetrainConfig(batch_size=args.batch, graph_optimization=args.graph_optimization)
-    trainer = retrain.RetrainTrainer(
-        lambda: darts_tf.NetworkCIFAR(darts_tf.genotypes.DARTS_V2), config,
-        tf.distribute.get_strategy(), input_shape=(32, 32, 3), num_classes=10)
-    trainer.set_epoch(300)  # drop path at half its final rate, as mid-run
+    trainer = build_trainer(args.batch, args.graph_optimization)
     rng = np.random.default_rng(0)
     times = []
     for _ in range(args.steps):

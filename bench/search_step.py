@@ -86,22 +86,30 @@ def _models(darts_tf, options=None):
     }
 
 
+def build_trainer(order: str, batch: int, method: str = "darts", model: str = "reference"):
+    """(trainer, input shape, description, model_fn): the benchmark's search trainer for one
+    configuration (bench/compare_reference.py times the same one)."""
+    import darts_tf  # pylint: disable=import-outside-toplevel
+    from trainers import search  # pylint: disable=import-outside-toplevel
+    from configs import SearchConfig  # pylint: disable=import-outside-toplevel
+
+    config = SearchConfig(batch_size=batch, **ORDERS[order], **METHODS[method])
+    model_fn, shape, description = _models(darts_tf, config.supernet_options())[model]
+    return search.SearchTrainer(model_fn, config, input_shape=shape), shape, description, model_fn
+
+
 def run_one(order: str, batch: int, steps: int, model: str = "reference",
             method: str = "darts") -> dict:
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     import darts_tf  # pylint: disable=import-outside-toplevel
-    from trainers import search  # pylint: disable=import-outside-toplevel
-    from configs import SearchConfig  # pylint: disable=import-outside-toplevel
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import graph_flops  # pylint: disable=import-outside-toplevel
     import proc_clock  # pylint: disable=import-outside-toplevel
 
-    config = SearchConfig(batch_size=batch, **ORDERS[order], **METHODS[method])
-    model_fn, shape, description = _models(darts_tf, config.supernet_options())[model]
-    trainer = search.SearchTrainer(model_fn, config, input_shape=shape)
+    trainer, shape, description, model_fn = build_trainer(order, batch, method, model)
     rng = np.random.default_rng(0)
 
     def batch_pair():
@@ -142,21 +150,14 @@ def run_one(order: str, batch: int, steps: int, model: str = "reference",
 def interleave(specs, steps: int) -> dict:
     """Two configurations' steps alternated in one process (see the module's docstring)."""
     import numpy as np  # pylint: disable=import-outside-toplevel
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    import darts_tf  # pylint: disable=import-outside-toplevel
-    from trainers import search  # pylint: disable=import-outside-toplevel
-    from configs import SearchConfig  # pylint: disable=import-outside-toplevel
     import proc_clock  # pylint: disable=import-outside-toplevel  (beside this script)
 
     rng = np.random.default_rng(0)
     runs = []
     for spec in specs:
         order, batch, *method = spec.split(",")
-        config = SearchConfig(batch_size=int(batch), **ORDERS[order],
-                              **METHODS[(method or ["darts"])[0]])
-        model_fn, shape, _ = _models(darts_tf, config.supernet_options())["reference"]
-        trainer = search.SearchTrainer(model_fn, config, input_shape=shape)
+        trainer, shape, _, _ = build_trainer(order, int(batch), (method or ["darts"])[0])
 
         def batch_pair(batch=int(batch), shape=shape):
             return _batch_pair(rng, batch, shape)
