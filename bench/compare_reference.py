@@ -344,6 +344,12 @@ def _median(values):
     return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
+def _pooled(records: list[dict], config: str, key: str) -> list[float]:
+    """The pair ratios under `key` of our side's successful runs of `config`, all rounds."""
+    return [p for r in records if r["config"] == config and r["side"] == "ours"
+            and "error" not in r for p in r.get(key, ())]
+
+
 def summarize(records: list[dict]) -> list[dict]:
     """Per configuration: each side's medians over its rounds and the ratios."""
     rows = []
@@ -360,14 +366,12 @@ def summarize(records: list[dict]) -> list[dict]:
             row["step_speedup"] = round(ref["step_s_median"] / ours["step_s_median"], 2)
             row["startup_ratio"] = round(ours["startup_s"] / ref["startup_s"], 2)
             row["rss_ratio"] = round(ours["peak_rss_gb"] / ref["peak_rss_gb"], 2)
-        def pooled(key, config=config):  # one key's pair ratios over the rounds
-            return [p for r in records if r["config"] == config and r["side"] == "ours"
-                    and "error" not in r for p in r.get(key, ())]
-        pairs = pooled("pair_ratios")
+        pairs = _pooled(records, config, "pair_ratios")
         if pairs:  # --lockstep: the reference's step over ours, pair by pair
             row["step_speedup_pairs"] = round(_median(pairs), 2)
             row["pair_ratio_range"] = [min(pairs), max(pairs)]
-            row["cpu_speedup_pairs"] = round(_median(pooled("cpu_pair_ratios")), 2)
+            row["cpu_speedup_pairs"] = round(
+                _median(_pooled(records, config, "cpu_pair_ratios")), 2)
         rows.append(row)
     return rows
 

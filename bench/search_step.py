@@ -95,7 +95,8 @@ def build_trainer(order: str, batch: int, method: str = "darts", model: str = "r
 
     config = SearchConfig(batch_size=batch, **ORDERS[order], **METHODS[method])
     model_fn, shape, description = _models(darts_tf, config.supernet_options())[model]
-    return search.SearchTrainer(model_fn, config, input_shape=shape), shape, description, model_fn
+    trainer = search.SearchTrainer(model_fn, config, input_shape=shape)
+    return trainer, shape, description, model_fn
 
 
 def run_one(order: str, batch: int, steps: int, model: str = "reference",
