@@ -38,6 +38,11 @@ so the machine's drift, 20-30% between processes minutes apart on shared machine
 on both; the summary gives the median of the pair ratios over all rounds beside the ratio
 of the medians. Both processes are in memory at once (the reference at batch 64, second
 order, and ours: about 17 GB).
+
+`--step_cache=warm`: our start-up as a repeated run sees it, the step loaded from the step
+cache (trainers/runtime/step_cache.py) instead of traced; an untimed run of each
+configuration fills a new cache directory first. The default, `cold`, turns the cache off:
+every process of ours traces its step, as a first run does.
 """
 from __future__ import annotations
 
@@ -416,6 +421,10 @@ def main(argv=None):
     parser.add_argument("--lockstep", action="store_true",
                         help="both sides alive at once, their steps alternated one by one; "
                         "--steps pairs after the first step (see the module's docstring)")
+    parser.add_argument("--step_cache", choices=("cold", "warm"), default="cold",
+                        help="ours without the step cache (cold: every process traces its "
+                        "step) or with one filled by an untimed run of each configuration "
+                        "first (warm: a repeated run's start-up)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--ours", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -446,8 +455,10 @@ def main(argv=None):
     configs = list(args.configs) + (["retrain,96"] if args.retrain else [])
     header = {"machine": proc_clock.cpu_model(), "uptime_before": _uptime(),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "command": " ".join([os.path.basename(sys.executable), *sys.argv])}
+              "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+              "step_cache": args.step_cache}
     _emit(header, args.output)
+    _prepare_step_cache(configs, args)
     records = []
     for round_index in range(args.rounds):
         sides = ("reference", "ours") if round_index % 2 == 0 else ("ours", "reference")
@@ -456,6 +467,8 @@ def main(argv=None):
                     else [run_side(side, config, args) for side in sides])
             for record in runs:
                 record["round"] = round_index + 1
+                if record["side"] == "ours":
+                    record["step_cache"] = args.step_cache
                 records.append(record)
                 _emit(record, args.output)
     rows = summarize(records)
@@ -463,6 +476,23 @@ def main(argv=None):
         _emit({"summary": row}, args.output)
     _emit({"uptime_after": _uptime()}, args.output)
     print(markdown(rows, records))
+
+
+def _prepare_step_cache(configs, args) -> None:
+    """Our children's step cache (trainers/runtime/step_cache.py), through the environment
+    they inherit: off (cold), or a new directory that an untimed run of each configuration
+    fills first (warm)."""
+    import tempfile  # pylint: disable=import-outside-toplevel
+
+    if args.step_cache == "cold":
+        os.environ["DARTS_TF_STEP_CACHE"] = "off"
+        return
+    os.environ["DARTS_TF_STEP_CACHE"] = tempfile.mkdtemp(prefix="darts_tf_step_cache_")
+    primer = argparse.Namespace(**{**vars(args), "steps": 2})
+    for config in configs:
+        record = run_side("ours", config, primer)
+        _emit({"step_cache_filled_by": config, **{k: record.get(k) for k in (
+            "startup_s", "error") if k in record}}, args.output)
 
 
 def _uptime() -> str:

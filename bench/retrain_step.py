@@ -20,6 +20,8 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Without the step cache unless the caller names one (DARTS_TF_STEP_CACHE=DIR: a warm start).
+os.environ.setdefault("DARTS_TF_STEP_CACHE", "off")
 # The repository's root, so that darts_tf, trainers and configs import without installing.
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -88,6 +90,7 @@ def main():
     print(json.dumps({"model": "NetworkCIFAR DARTS_V2 C=36 cells=20 aux drop_path",
                       "batch": args.batch, "startup_s": round(startup, 2),
                       "first_step_s": round(times[0], 1), "step_s_median": round(step, 2),
+                      "step_loads": trainer.step_loads,
                       "images_per_s": round(args.batch / step, 1), **latency,
                       "total_s": round(proc_clock.process_age_s(), 1),
                       "train_peak_rss_gb": round(train_rss_gb, 2),

@@ -15,7 +15,9 @@ inputs, 10 classes), random data, the full search step of trainers/search/traine
 (architecture step on a validation batch, then weight step). Reported per
 configuration:
   startup_s      process start (the kernel's, /proc) -> end of the first step (interpreter,
-                 imports, build, trace, graph optimisation, first step)
+                 imports, build, trace, graph optimisation, first step); without the step
+                 cache unless DARTS_TF_STEP_CACHE=DIR is set (then step_loads says whether
+                 the step was loaded from DIR instead of traced)
   step_s_median  median wall time of the steps after the first (warm-up) one
   peak_rss_gb    peak resident memory of the process (ru_maxrss)
   allocator_peak_gb  the largest peak of TensorFlow's CPU allocator in a step after the
@@ -47,6 +49,9 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Start-up without the step cache (every process traces) unless the caller names one:
+# DARTS_TF_STEP_CACHE=DIR times a warm start (trainers/runtime/step_cache.py).
+os.environ.setdefault("DARTS_TF_STEP_CACHE", "off")
 # The repository's root, so that darts_tf, trainers and configs import without installing.
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -143,7 +148,8 @@ def run_one(order: str, batch: int, steps: int, model: str = "reference",
             "peak_rss_gb": round(peak_rss_gb, 2),
             "allocator_peak_gb": (max(allocator_peaks) if allocator_peaks
                                   and None not in allocator_peaks else None),
-            "step_traces": trainer.step_traces, "forward_macs": macs,
+            "step_traces": trainer.step_traces, "step_loads": trainer.step_loads,
+            "forward_macs": macs,
             "step_gflop": float(f"{gflop:.4g}"),
             "gflops": float(f"{gflop / float(np.median(times[1:])):.4g}") if len(times) > 1 else None}
 

@@ -70,6 +70,8 @@ def check_execution(config) -> None:
           "one of " + ", ".join(repr(s) for s in STRATEGIES))
     check(config.graph_optimization in GRAPH_OPTIMIZATION, "graph_optimization",
           config.graph_optimization, "one of " + ", ".join(repr(m) for m in GRAPH_OPTIMIZATION))
+    check(isinstance(config.step_cache, str) and bool(config.step_cache.strip()), "step_cache",
+          config.step_cache, "'auto', 'off' or a directory")
     check(isinstance(config.deterministic, bool), "deterministic", config.deterministic,
           "True or False")
     check(is_int(config.seed) and config.seed >= 0, "seed", config.seed, "an integer >= 0")

@@ -52,12 +52,13 @@ class RetrainConfig(ConfigIO):
     deterministic: bool = False           # tf.config.experimental.enable_op_determinism
     strategy: str = "default"             # default | mirrored | multi_worker
     graph_optimization: str = "auto"      # auto | fast | full (trainers.runtime.distribute)
+    step_cache: str = "auto"              # auto | off | a directory (trainers.runtime.step_cache)
     eval_batch_size: int = 256
     checkpoint_every: int = 200           # steps between checkpoints (and at each epoch end)
     log_every: int = 50                   # steps between log lines / TensorBoard points
 
     RESUMABLE_CHANGES = frozenset({"log_every", "checkpoint_every", "eval_batch_size",
-                                   "genotype", "data_dir"})
+                                   "genotype", "data_dir", "step_cache"})
 
     def __post_init__(self):
         check_each(self, ("init_channels", "num_cells", "epochs", "batch_size", "lr_decay_epochs",

@@ -23,7 +23,7 @@ def optional_non_negative_int(value) -> bool:
 class SearchConfig(ConfigIO):
     """A DARTS search. Defaults are the reference's CIFAR-10 search (reference section 1)."""
 
-    RESUMABLE_CHANGES = frozenset({"log_every", "checkpoint_every"})
+    RESUMABLE_CHANGES = frozenset({"log_every", "checkpoint_every", "step_cache"})
 
     dataset: str = "cifar10"
     data_dir: str | None = None
@@ -72,6 +72,7 @@ class SearchConfig(ConfigIO):
     jit_compile: bool = False              # XLA: 3-4x slower depthwise convs on CPU
     graph_optimization: str = "auto"       # auto | fast | full (trainers.runtime.distribute)
     mixed_precision: str | None = None     # None | mixed_float16 | mixed_bfloat16
+    step_cache: str = "auto"               # auto | off | a directory (trainers.runtime.step_cache)
     checkpoint_every: int = 20             # steps between checkpoints (and at each epoch end)
     log_every: int = 10                    # steps between plain log lines when not a TTY
 

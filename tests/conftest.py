@@ -4,6 +4,9 @@ import os
 # Quiet TensorFlow's C++ start-up logging; must be set before TensorFlow is imported.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# No step cache unless a test asks for one (tests count traces; nothing written to ~/.cache).
+os.environ["DARTS_TF_STEP_CACHE"] = "off"
+
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402  (after the logging setting)
 

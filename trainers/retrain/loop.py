@@ -41,6 +41,7 @@ class RetrainResult:
     resumed_from_step: int | None
     step_traces: int            # times the train step was traced in this process (1)
     workdir: str
+    step_loads: int = 0         # train steps loaded from the step cache instead (0 or 1)
 
 
 @dataclasses.dataclass
@@ -146,7 +147,7 @@ def _run(setup: Setup, workdir: Path, export: bool = True) -> RetrainResult:
             history.append(_finish_epoch(trainer, state, trainer.evaluate(setup.eval_fn())))
     final = _finish(trainer, state, history, spec, export)
     return RetrainResult(final, history, state.global_step, resumed_from, trainer.step_traces,
-                         str(workdir))
+                         str(workdir), trainer.step_loads)
 
 
 def _train_epoch(trainer: RetrainTrainer, state: run_lib.RunState, data_fn) -> None:

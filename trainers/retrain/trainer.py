@@ -16,7 +16,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from configs import RetrainConfig
-from trainers.runtime import distribute
+from trainers.runtime import distribute, step_cache
 from trainers.runtime.losses import (count_correct, count_in_top_k, cross_entropy,
                                      global_mean)
 from trainers.runtime.optim import MomentumSGD
@@ -49,6 +49,12 @@ class RetrainTrainer:
             self.lr = tf.Variable(config.learning_rate(0), trainable=False, name="lr")
         self.step_traces = 0
         self._train_step = tf.function(self._distributed_train_step)
+        # A later process with the same code, model and config loads the traced step
+        # instead of tracing it again (trainers/runtime/step_cache.py).
+        self.step_cache = step_cache.StepCache(
+            step_cache.resolve_directory(config.step_cache, self.model), config=config,
+            model=self.model, variables=self._all_variables(), strategy=self.strategy)
+        self._train_caller = self.step_cache.wrap("retrain", self._train_step)
         self._eval_step = tf.function(
             lambda batch: self._run_on_replicas(self._replica_eval_step, batch))
 
@@ -63,7 +69,16 @@ class RetrainTrainer:
     def train_step(self, batch) -> dict:
         """One step on a distributed global batch; returns {"loss", "accuracy"} (global means)."""
         with distribute.graph_optimization(self.graph_mode):
-            return self._train_step(batch)
+            return self._train_caller(batch)
+
+    @property
+    def step_loads(self) -> int:
+        """Train steps loaded from the step cache in this process (none traced for them)."""
+        return self.step_cache.loads
+
+    def _all_variables(self) -> list:
+        """Every variable the train step reads or writes, in a fixed order (the step cache's)."""
+        return [*self.model.variables, *self.optimizer.variables, self.lr]
 
     def evaluate(self, dataset) -> dict:
         """Test loss, top-1 and top-5 accuracy over a (not yet distributed) dataset."""

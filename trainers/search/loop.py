@@ -50,6 +50,7 @@ class SearchResult:
     step_traces: int            # times the step function was traced in this process (1)
     workdir: str
     stopped: dict | None = None  # why DARTS+ early stopping ended the search (None: it did not)
+    step_loads: int = 0         # step functions loaded from the step cache instead (0 or 1)
 
 
 def run(config: SearchConfig, workdir: str, model_fn=None, data_fn=None) -> SearchResult:
@@ -130,7 +131,7 @@ def _run(config: SearchConfig, workdir: Path, model_fn, data_fn, files) -> Searc
     architecture = _conclude(search)
     return SearchResult(architecture, trainer.arch_values(), history, state.global_step,
                         search.resumed_from, trainer.step_traces, str(workdir),
-                        search.stopping.stop_record)
+                        search.stopping.stop_record, trainer.step_loads)
 
 
 def _prepare(config: SearchConfig, workdir: Path, model_fn, data_fn, files=None) -> _Search:

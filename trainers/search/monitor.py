@@ -90,7 +90,11 @@ class CollapseMonitor:
         start = tf.random.stateless_normal([sum(sizes)], seed=[trainer.config.seed, 0])
         self.vector = tf.Variable(start / tf.norm(start), trainable=False, name="monitor_v")
         self.traces = 0
-        self._hvp = tf.function(self._distributed_hvp, autograph=False)
+        # Its trace is long (nested tapes: ~30 s even for a tiny supernet): kept in the
+        # trainer's step cache, if it has one (trainers/runtime/step_cache.py).
+        self._hvp = trainer.step_cache.wrap(
+            "monitor_hvp", tf.function(self._distributed_hvp, autograph=False),
+            variables=(self.images, self.labels))
 
     def state_objects(self) -> dict:
         """What the run's checkpoints hold for the monitor: the fixed batch."""

@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from configs import ConfigError, SearchConfig
-from trainers.runtime import distribute
+from trainers.runtime import distribute, step_cache
 from trainers.runtime.losses import count_correct
 from trainers.runtime.optim import Adam, MomentumSGD, assign_from_replicas
 from trainers.runtime.run import variable_names
@@ -96,6 +96,13 @@ class SearchTrainer:
         # The warm-up step is traced only if a warm-up epoch runs in this process.
         self._steps = {kind: tf.function(functools.partial(self._distributed_step, kind),
                                          autograph=False) for kind in self._replica_fns}
+        # A later process with the same code, model and config loads the traced steps
+        # instead of tracing them again (trainers/runtime/step_cache.py).
+        self.step_cache = step_cache.StepCache(
+            step_cache.resolve_directory(config.step_cache, self.model), config=config,
+            model=self.model, variables=self._all_variables(), strategy=self.strategy)
+        self._callers = {kind: self.step_cache.wrap(f"search_{kind}", fn)
+                         for kind, fn in self._steps.items()}
 
     def set_epoch(self, epoch: int) -> float:
         """Sets the weight learning rate (and xi) for `epoch`, whether its steps update the
@@ -117,7 +124,18 @@ class SearchTrainer:
     def step(self, train_batch, val_batch) -> dict:
         """One search step on distributed (per-replica) batches; returns global-batch metrics."""
         with distribute.graph_optimization(self.graph_mode):
-            return self._steps["full" if self.arch_active else "warmup"](train_batch, val_batch)
+            return self._callers["full" if self.arch_active else "warmup"](train_batch, val_batch)
+
+    @property
+    def step_loads(self) -> int:
+        """Step functions loaded from the step cache in this process (none traced for them)."""
+        return self.step_cache.loads
+
+    def _all_variables(self) -> list:
+        """Every variable a step reads or writes, in a fixed order (the step cache's map)."""
+        extra = [self.lr, self.steps] + [v for v in (self.loss_scale, self.good_steps)
+                                         if v is not None]
+        return [*self.model.variables, *self.w_opt.variables, *self.a_opt.variables, *extra]
 
     def _distributed_step(self, kind, train_batch, val_batch):
         self.step_traces += 1  # Python side effect: runs only while tracing.
