@@ -442,6 +442,49 @@ def test_second_order_traces_one_pass_and_computes_the_written_out_step(hessian)
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+def test_shared_variable_kernels_drop_only_the_eager_handles_debug_name(tmp_path, monkeypatch):
+    """distribute.shared_variable_kernels (start-up: variables of one shape share a handle
+    kernel): eager handles get no debug name, graph ones keep theirs, the variables keep
+    their names, values and checkpoints, and the block undoes itself."""
+    from tensorflow.python.ops import gen_resource_variable_ops as gen
+
+    calls = []
+    original = gen.var_handle_op
+
+    def spy(*args, **kwargs):
+        calls.append((tf.executing_eagerly(), kwargs.get("debug_name")))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(gen, "var_handle_op", spy)
+    keras.utils.set_random_seed(0)
+    plain = tiny_supernet()
+    plain.build((None, 8, 8, 1))
+    assert calls and all(name for _, name in calls)
+    calls.clear()
+    with distribute.shared_variable_kernels():
+        with distribute.shared_variable_kernels():  # nested: one wrapper
+            keras.utils.set_random_seed(0)
+            shared = tiny_supernet()
+            shared.build((None, 8, 8, 1))
+        with tf.Graph().as_default():
+            tf.Variable(1.0, name="in_a_graph")
+    assert gen.var_handle_op is spy
+    assert len(calls) == len(plain.variables) + 1
+    assert all(name == "" for eager, name in calls if eager)
+    assert [name for eager, name in calls if not eager] == ["in_a_graph/"]
+    assert [v.path for v in shared.variables] == [
+        v.path.replace(plain.name, shared.name, 1) for v in plain.variables]
+    for a, b in zip(shared.variables, plain.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    checkpoint = tf.train.Checkpoint(**{str(i): v.value for i, v in enumerate(shared.variables)})
+    path = checkpoint.write(str(tmp_path / "ckpt"))
+    for v in shared.variables:
+        v.assign(tf.zeros_like(v))
+    checkpoint.read(path).assert_consumed()
+    for a, b in zip(shared.variables, plain.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
 def test_fast_graph_optimization_is_scoped_and_computes_the_same_step():
     """graph_optimization="fast" (the CPU default) skips grappler passes that cost start-up
     time; the options hold inside the block only and the step computes the same update."""

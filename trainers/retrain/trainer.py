@@ -40,7 +40,7 @@ class RetrainTrainer:
                  num_classes: int):
         self.config, self.num_classes = config, num_classes
         self.strategy, self.graph_mode = distribute.trainer_strategy(config, strategy)
-        with self.strategy.scope():
+        with self.strategy.scope(), distribute.shared_variable_kernels():
             self.model = model_fn()
             self.model(tf.zeros((1, *input_shape)), training=False)  # builds every layer
             self.optimizer = MomentumSGD(

@@ -58,7 +58,7 @@ class SearchTrainer:
         if config.jit_compile and replicas > 1:
             raise ConfigError("Invalid config value jit_compile=True: only supported with one "
                               f"replica (the strategy has {replicas}).")
-        with self.strategy.scope():
+        with self.strategy.scope(), distribute.shared_variable_kernels():
             self.model = _build_model(model_fn, input_shape, config.mixed_precision)
             # Loss scaling under float16 compute: dynamic, as Keras' LossScaleOptimizer (start
             # 2^15, halve on overflow and skip the update, double after `growth_steps` good
