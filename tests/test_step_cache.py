@@ -146,6 +146,23 @@ def test_several_replicas_are_not_cached(tmp_path, mirrored):
     assert trainer._callers["full"] is trainer._steps["full"]  # pylint: disable=protected-access
 
 
+def test_one_device_strategy_is_cached(tmp_path):
+    config = CONFIG.replace(step_cache=str(tmp_path))
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    pair = _batches(1)[0]
+    runs = []
+    for _ in range(2):
+        tf.keras.utils.set_random_seed(config.seed)
+        trainer = search.SearchTrainer(
+            lambda: darts_tf.Supernet(num_classes=10, init_channels=4, num_cells=3, num_nodes=1,
+                                      input_channels=1, primitives=PRIMITIVES),
+            config, strategy, input_shape=(8, 8, 1))
+        metrics = {k: float(v) for k, v in trainer.step(*pair).items()}
+        runs.append((trainer.step_traces, trainer.step_loads, metrics))
+    assert runs[0][:2] == (1, 0) and runs[1][:2] == (0, 1)
+    assert runs[1][2] == runs[0][2]
+
+
 _CHILD = """
 import json, sys
 sys.path.insert(0, {root!r})

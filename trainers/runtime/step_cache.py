@@ -27,8 +27,9 @@ Config field `step_cache` (search and retraining):
 - "off": trace in every process, as TensorFlow does.
 - a directory: cache there, for any model.
 
-Only one-replica strategies are cached (the default strategy, one device): a multi-device
-step holds collective keys and per-device copies that belong to its process. A cache file
+Only one-device strategies are cached (the default strategy, OneDeviceStrategy): a
+mirrored or multi-worker step holds collective keys and per-device copies that belong to
+its process. A cache file
 that cannot be read is reported and traced over; the directory keeps the `MAX_ENTRIES`
 most recently used files.
 """
@@ -97,7 +98,7 @@ class StepCache:
       model: the trainer's Keras model.
       variables: every tf.Variable a cached function may read or write, in an order that
         the same code, model and config reproduce (the model's, then the optimizers'...).
-      strategy: the trainer's strategy; more than one replica caches nothing.
+      strategy: the trainer's strategy; other than a one-device one, nothing is cached.
     """
 
     def __init__(self, directory, *, config, model, variables, strategy):
@@ -106,9 +107,9 @@ class StepCache:
         self.saves = 0
         self.variables = list(variables)
         self._model_name = model.name
-        if self.directory is not None and strategy.num_replicas_in_sync != 1:
-            logger.info("Step cache off: the strategy has %d replicas.",
-                        strategy.num_replicas_in_sync)
+        if self.directory is not None and not _one_device(strategy):
+            logger.info("Step cache off: %s with %d replica(s) (only one-device strategies "
+                        "are cached).", type(strategy).__name__, strategy.num_replicas_in_sync)
             self.directory = None
         self._key = None if self.directory is None else _base_key(config, model, self.variables,
                                                                    strategy)
@@ -281,6 +282,14 @@ def _base_key(config, model, variables, strategy) -> dict:
                     "op_determinism": tf_config.is_op_determinism_enabled(),
                     "dtype_policy": keras.config.dtype_policy().name},
     }
+
+
+def _one_device(strategy) -> bool:
+    """The default strategy or a OneDeviceStrategy: no collectives, whose keys belong to the
+    process, in the graph (a one-replica MirroredStrategy or multi-worker one has them)."""
+    if isinstance(strategy, tf.distribute.OneDeviceStrategy):
+        return True
+    return not tf.distribute.has_strategy() and strategy is tf.distribute.get_strategy()
 
 
 def _worker_devices(strategy) -> list:
