@@ -170,3 +170,24 @@ def test_lockstep_reports_a_failed_side_and_stops_the_other(tmp_path, monkeypatc
     assert failed["side"] == fail_side and "boom at step 1" in failed["error"]
     row, = compare_reference.summarize(records)
     assert row[fail_side]["runs"] == 0 and "step_speedup" not in row
+
+
+@pytest.mark.parametrize("mode", ["cold", "warm"])
+def test_step_cache_modes_reach_our_children_through_the_environment(monkeypatch, mode):
+    """--step_cache: cold turns our children's cache off; warm gives them a new directory,
+    filled first by one untimed run (2 steps) of each configuration of ours."""
+    monkeypatch.setenv("DARTS_TF_STEP_CACHE", "unchanged")  # restored after the test
+    calls = []
+    monkeypatch.setattr(compare_reference, "run_side", lambda side, config, args: (
+        calls.append((side, config, args.steps)) or {"startup_s": 40.0}))
+    monkeypatch.setattr(compare_reference, "_emit", lambda record, output: None)
+    args = compare_reference.argparse.Namespace(steps=4, step_cache=mode, output=None)
+    compare_reference._prepare_step_cache(["first_order,16", "retrain,96"], args)  # pylint: disable=protected-access
+    directory = os.environ["DARTS_TF_STEP_CACHE"]
+    if mode == "cold":
+        assert directory == "off" and not calls
+    else:
+        assert os.path.isdir(directory) and not os.listdir(directory)
+        assert calls == [("ours", "first_order,16", 2), ("ours", "retrain,96", 2)]
+        os.rmdir(directory)
+    assert args.steps == 4

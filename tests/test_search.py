@@ -300,6 +300,24 @@ def test_same_seed_same_alphas(reference, tmp_path):
     assert again.history == result.history
 
 
+def test_a_run_with_the_step_cache_loads_what_the_run_before_traced(reference, tmp_path):
+    """Whole runs with a step cache (trainers/runtime/step_cache.py): the first traces and
+    writes the step and the monitor's product, the second loads both and traces nothing;
+    both give the uncached run's alphas and history."""
+    result, _ = reference
+    config = RUN_CONFIG.replace(step_cache=str(tmp_path / "cache"))
+    first = _run(tmp_path / "first", config)
+    second = _run(tmp_path / "second", config)
+    assert (first.step_traces, first.step_loads) == (1, 0)
+    assert (second.step_traces, second.step_loads) == (0, 1)
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").glob("*.step")) == [
+        "monitor_hvp", "search_full"]
+    for run in (first, second):
+        assert run.architecture == result.architecture and run.history == result.history
+        for name, value in result.alphas.items():
+            np.testing.assert_array_equal(run.alphas[name], value)
+
+
 def test_resume_after_sigkill_mid_epoch(reference, tmp_path):
     result, _ = reference
     kill_mid_epoch(tmp_path)

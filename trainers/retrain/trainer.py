@@ -74,7 +74,7 @@ class RetrainTrainer:
     @property
     def step_loads(self) -> int:
         """Train steps loaded from the step cache in this process (none traced for them)."""
-        return self.step_cache.loads
+        return step_cache.loads_of(self._train_caller)
 
     def _all_variables(self) -> list:
         """Every variable the train step reads or writes, in a fixed order (the step cache's)."""

@@ -197,6 +197,11 @@ class StepCache:
                        _unstructure(header["outputs"]), header["num_outputs"])
 
 
+def loads_of(function) -> int:
+    """How many times `function` (what `StepCache.wrap` returned) was loaded, not traced."""
+    return getattr(function, "loads", 0) if isinstance(function, _CachedFunction) else 0
+
+
 class _Loaded:
     """A function from the cache, called as the tf.function it replaces."""
 
@@ -217,6 +222,7 @@ class _CachedFunction:
         self._cache, self._name, self._function = cache, name, function
         self._variables = variables
         self._by_signature = {}
+        self.loads = 0  # signatures of this function loaded from the cache
 
     def __call__(self, *args):
         flat = tf.nest.flatten(args, expand_composites=True)
@@ -239,6 +245,7 @@ class _CachedFunction:
             logger.warning("Step cache: ignoring %s (%s); tracing the step again.", path, err)
             loaded = None
         if loaded is not None:
+            self.loads += 1
             logger.info("Step %s loaded from the cache (%s, %.1f s).", self._name, path,
                         time.time() - start)
             return loaded

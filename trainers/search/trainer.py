@@ -129,7 +129,7 @@ class SearchTrainer:
     @property
     def step_loads(self) -> int:
         """Step functions loaded from the step cache in this process (none traced for them)."""
-        return self.step_cache.loads
+        return sum(step_cache.loads_of(caller) for caller in self._callers.values())
 
     def _all_variables(self) -> list:
         """Every variable a step reads or writes, in a fixed order (the step cache's map)."""
