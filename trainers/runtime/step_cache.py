@@ -29,9 +29,8 @@ Config field `step_cache` (search and retraining):
 
 Only one-device strategies are cached (the default strategy, OneDeviceStrategy): a
 mirrored or multi-worker step holds collective keys and per-device copies that belong to
-its process. A cache file
-that cannot be read is reported and traced over; the directory keeps the `MAX_ENTRIES`
-most recently used files.
+its process. A cache file that cannot be read is reported and traced over; the directory
+keeps the `MAX_ENTRIES` most recently used files.
 """
 from __future__ import annotations
 
