@@ -91,11 +91,18 @@ def op_determinism(enabled: bool):
             tf_config.disable_op_determinism()
 
 
+def worker_devices(strategy) -> list[str]:
+    """The strategy's replica devices; [] for the default strategy, which has none."""
+    try:
+        return list(strategy.extended.worker_devices)
+    except RuntimeError:
+        return []
+
+
 def uses_gpu(strategy) -> bool:
     """Whether the strategy's replicas run on GPUs (the default strategy: if one is visible)."""
-    try:
-        devices = strategy.extended.worker_devices
-    except RuntimeError:  # the default strategy places ops on the first GPU, if any
+    devices = worker_devices(strategy)
+    if not devices:  # the default strategy places ops on the first GPU, if any
         return bool(tf.config.list_logical_devices("GPU"))
     return any("GPU" in d.upper() for d in devices)
 

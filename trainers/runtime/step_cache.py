@@ -49,6 +49,8 @@ import keras
 import tensorflow as tf
 from tensorflow.core.framework import function_pb2
 
+from trainers.runtime import distribute
+
 FORMAT = 1
 MAX_ENTRIES = 32
 MAGIC = b"darts-tf step cache\n"
@@ -206,11 +208,13 @@ class _Loaded:
 
     def __init__(self, ctx, name: bytes, variables, outputs, num_outputs):
         self._ctx, self._name = ctx, name
-        self._variables, self._outputs, self._num_outputs = variables, outputs, num_outputs
+        # A variable's handle never changes: looked up once, not per step (1,657 of them).
+        self._handles = [_handle(v) for v in variables]
+        self._outputs, self._num_outputs = outputs, num_outputs
 
     def __call__(self, flat_args):
-        handles = [_handle(v) for v in self._variables]
-        flat = self._ctx.call_function(self._name, list(flat_args) + handles, self._num_outputs)
+        flat = self._ctx.call_function(self._name, list(flat_args) + self._handles,
+                                       self._num_outputs)
         return tf.nest.pack_sequence_as(self._outputs, flat or [])
 
 
@@ -281,7 +285,7 @@ def _base_key(config, model, variables, strategy) -> dict:
                   model_variables],
         "variables": [[_name(v, model.name), list(v.shape), _dtype(v)] for v in variables],
         "strategy": [type(strategy).__name__, strategy.num_replicas_in_sync,
-                     _worker_devices(strategy)],
+                     distribute.worker_devices(strategy)],
         "runtime": {"onednn": kernels.onednn_enabled(),
                     "native_dilated_depthwise": kernels.native_dilated_depthwise(),
                     "devices": [d.name for d in tf.config.list_logical_devices()],
@@ -296,13 +300,6 @@ def _one_device(strategy) -> bool:
     if isinstance(strategy, tf.distribute.OneDeviceStrategy):
         return True
     return not tf.distribute.has_strategy() and strategy is tf.distribute.get_strategy()
-
-
-def _worker_devices(strategy) -> list:
-    try:
-        return list(strategy.extended.worker_devices)
-    except RuntimeError:  # the default strategy has none
-        return []
 
 
 def _sources_digest(model) -> str:
