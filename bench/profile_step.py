@@ -8,7 +8,8 @@ The reference search network (C=16, 8 cells, 4 nodes, 32x32x3) and the full sear
 of trainers/search/trainer.py, on random batches, as bench/search_step.py times it
 (`--config` is ORDER,BATCH[,METHOD] with its names).
 
---what=profile: two warm-up steps, then `--steps` steps under TensorFlow's profiler.
+--what=profile: two warm-up steps, then `--steps` steps under TensorFlow's profiler
+  (`--config=retrain[,BATCH]`: bench/retrain_step.py's retraining step instead).
   The op events of the executor's threads (xplane) are summed by op type (oneDNN's
   _Mkl prefixes removed) and grouped into kinds (depthwise convolution, convolution,
   batch norm, pooling, element-wise, data movement, reductions, ...). Printed: each
@@ -255,18 +256,45 @@ def memory_at_peak(space) -> tuple[float | None, collections.Counter]:
     return (round(peak / 1e9, 3) if events else None), by_label
 
 
+def _retrain_stepper(config_text: str):
+    """`retrain[,BATCH]`: bench/retrain_step.py's trainer (NetworkCIFAR DARTS_V2, C=36, 20
+    cells, auxiliary head, drop path; batch 96 unless given) and its step."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    import retrain_step  # pylint: disable=import-outside-toplevel
+
+    _, *batch = config_text.split(",")
+    batch = int(batch[0]) if batch else 96
+    trainer = retrain_step.build_trainer(batch)
+    rng = np.random.default_rng(0)
+
+    def batches():
+        return ((tf.constant(rng.normal(size=(batch, 32, 32, 3)).astype(np.float32)),
+                 tf.constant(rng.integers(0, 10, size=batch).astype(np.int32))),)
+    return trainer.train_step, batches
+
+
+def _stepper(config_text: str):
+    """The step to profile and a function giving its next arguments."""
+    if config_text.split(",")[0] == "retrain":
+        return _retrain_stepper(config_text)
+    trainer, pair, _ = _trainer(config_text)
+    return trainer.step, pair
+
+
 def profile(config_text: str, steps: int, top: int) -> dict:
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    trainer, pair, _ = _trainer(config_text)
+    step, arguments = _stepper(config_text)
     for _ in range(2):
-        float(trainer.step(*pair())["loss"])
-    batches = [pair() for _ in range(steps)]
+        float(step(*arguments())["loss"])
+    batches = [arguments() for _ in range(steps)]
     logdir = tempfile.mkdtemp(prefix="darts_tf_profile_")
     tf.profiler.experimental.start(logdir)
     start = time.time()
-    for train, val in batches:
-        float(trainer.step(train, val)["loss"])
+    for args in batches:
+        float(step(*args)["loss"])
     wall = time.time() - start
     tf.profiler.experimental.stop()
     path = sorted(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True))[-1]
@@ -288,7 +316,8 @@ def op_counts(config_text: str, top: int) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--what", choices=("profile", "startup", "ops"), required=True)
-    parser.add_argument("--config", default="first_order,16", help="ORDER,BATCH[,METHOD]")
+    parser.add_argument("--config", default="first_order,16",
+                        help="ORDER,BATCH[,METHOD]; --what=profile also takes retrain[,BATCH]")
     parser.add_argument("--steps", type=int, default=2, help="profiled steps")
     parser.add_argument("--top", type=int, default=15, help="op types listed")
     parser.add_argument("--xplane", help="--what=profile: summarise this saved trace "

@@ -652,14 +652,16 @@ def pool_3x3(x, mode: str, stride: int = 1) -> tf.Tensor:
         # pooling and divides by the valid elements in average pooling: the reference's
         # function, without a padded copy of x.
         return _max_pool_3x3_same(x) if mode == "max" else tf.nn.avg_pool2d(x, 3, 1, "SAME")
-    pads = [[0, 0], [1, 1], [1, 1], [0, 0]]
     if mode == "max":
-        # Repeating the border row and column never changes a window's max (the copy sits
-        # next to its original, inside the same 3x3 window): the reference's -inf padding,
-        # but quantizable (LiteRT's int8 kernels abort on a -inf pad constant). One
-        # symmetric pad repeats them; its gradient folds the copies back in one op, where
-        # slices and concatenations wrote an input-sized zero tensor per border slice.
-        return tf.nn.max_pool2d(tf.pad(x, pads, mode="SYMMETRIC"), 3, stride, "VALID")
+        # The reference's window at output i covers rows s*i - 1 .. s*i + 1, as the stride-1
+        # "SAME" window centred on row s*i does: the stride-1 pool at every s-th pixel (a 1x1
+        # average pool at stride s takes them). The same values and gradient, bit for bit,
+        # as the former symmetric pad and stride-s VALID pool, whose MirrorPadGrad made
+        # forward plus backward 2.2-2.8x slower (BENCHMARKS.md); no padded copy of x, no -inf
+        # constant (LiteRT's int8 kernels abort on one), and the exact second derivative
+        # goes through `_max_pool_3x3_same`'s.
+        return tf.nn.avg_pool2d(_max_pool_3x3_same(x), 1, stride, "VALID")
+    pads = [[0, 0], [1, 1], [1, 1], [0, 0]]
     mean = tf.nn.avg_pool2d(tf.pad(x, pads), [1, 3, 3, 1], [1, stride, stride, 1], "VALID")
     # avg_pool2d divided by 9; divide by the valid (unpadded) elements instead.
     return mean * tf.cast(_valid_count_scale(x.shape[1], x.shape[2], stride), x.dtype)

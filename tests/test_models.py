@@ -652,3 +652,30 @@ def test_custom_gradient_records_only_results_and_matches_tf_custom_gradient():
     reads_variable = kernels.custom_gradient(lambda x: (x * v, lambda dy: dy))
     with pytest.raises(ValueError, match="reads variables"):
         tf.function(reads_variable)(x)
+
+
+@pytest.mark.parametrize("size", [8, 7])
+def test_strided_max_pool_is_minus_inf_padded_pooling_in_values_and_gradient(size):
+    """`kernels.pool_3x3(x, "max", 2)` (the stride-1 pool at every other pixel) against the
+    reference's definition, padding 1 with -inf and a VALID stride-2 window: bit for bit in
+    value and input gradient, on even and odd sizes, with ReLU zeros tying in the windows."""
+    rng = np.random.default_rng(3)
+    x = tf.constant(np.maximum(rng.normal(size=(2, size, size, 3)) - 1.0, 0.0).astype(np.float32))
+    out = (size - 1) // 2 + 1
+    dy = tf.constant(rng.normal(size=(2, out, out, 3)).astype(np.float32))
+    pads = [[0, 0], [1, 1], [1, 1], [0, 0]]
+
+    def padded(x):
+        return tf.nn.max_pool2d(tf.pad(x, pads, constant_values=float("-inf")), 3, 2, "VALID")
+
+    results = []
+    for pool in (lambda x: kernels.pool_3x3(x, "max", 2), padded):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = pool(x)
+        results.append((y.numpy(), tape.gradient(y, x, output_gradients=dy).numpy()))
+    (y, grad), (y_ref, grad_ref) = results
+    assert y.shape == (2, out, out, 3) and (y_ref == 0).sum() > 0  # all-zero windows: ties
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(grad, grad_ref)
+    assert np.count_nonzero(grad) > 0
