@@ -109,7 +109,14 @@ class MixedOp(keras.layers.Layer):
         # by the op to its output (most fold it into their last batch norm).
         per_channel = tf.gather(weights, np.repeat(np.arange(self.num_inputs), self.channels))
         columns = tf.unstack(per_channel, axis=1)
-        return tf.add_n([op(x, training=training, output_scale=columns[i])
+        # The candidates that start with ReLU(x) (the separable and dilated convs) share
+        # one: one ReLU forward and one gradient for the four, where each took its own and
+        # recomputed it in the backward pass (BENCHMARKS.md).
+        relu = (tf.nn.relu(x) if any(op.starts_with_relu for op in self.candidates)
+                else None)
+        return tf.add_n([op(relu, training=training, output_scale=columns[i],
+                            input_is_relu=True) if op.starts_with_relu
+                         else op(x, training=training, output_scale=columns[i])
                          for i, op in zip(self._indices, self.candidates)])
 
     def _sum_edges(self, y):

@@ -375,7 +375,8 @@ def keeping_activations():
 
 
 def relu_depthwise_pointwise(x, depthwise, pointwise, stride: int = 1, padding: int = 0,
-                             dilation: int = 1, recompute: bool = False) -> tf.Tensor:
+                             dilation: int = 1, recompute: bool = False,
+                             relu: bool = True) -> tf.Tensor:
     """ReLU -> depthwise conv -> pointwise 1x1 conv: the body of SepConv and DilConv.
 
     With `recompute=True` only `x` is kept for the backward pass. Backprop would
@@ -393,22 +394,26 @@ def relu_depthwise_pointwise(x, depthwise, pointwise, stride: int = 1, padding: 
       pointwise: (1, 1, channels // groups, out_channels) pointwise filter.
       stride, padding, dilation: of the depthwise conv (see `depthwise_conv2d`).
       recompute: whether to recompute the intermediate values in the backward pass.
+      relu: False when x is a ReLU's output already (a search mixed op takes its input's
+        ReLU once for the four candidates that start with one: `cells.MixedOp`).
     """
+    activation = tf.nn.relu if relu else (lambda t: t)
     if recompute and not getattr(_LOCAL, "keeping_activations", False):
         return _recomputing_relu_depthwise_pointwise(x, depthwise, pointwise, stride, padding,
-                                                     dilation)
-    return conv2d(depthwise_conv2d(tf.nn.relu(x), depthwise, stride, padding, dilation),
+                                                     dilation, activation)
+    return conv2d(depthwise_conv2d(activation(x), depthwise, stride, padding, dilation),
                   pointwise)
 
 
-def _recomputing_relu_depthwise_pointwise(x, depthwise, pointwise, stride, padding, dilation):
+def _recomputing_relu_depthwise_pointwise(x, depthwise, pointwise, stride, padding, dilation,
+                                          activation):
     """`relu_depthwise_pointwise(..., recompute=True)`: a custom gradient that keeps `x`."""
     depthwise = tf.convert_to_tensor(depthwise)
     pointwise = tf.convert_to_tensor(pointwise)
 
     @custom_gradient
     def block(x, depthwise, pointwise):
-        d = depthwise_conv2d(tf.nn.relu(x), depthwise, stride, padding, dilation)
+        d = depthwise_conv2d(activation(x), depthwise, stride, padding, dilation)
 
         def grad(upstream):
             # Recompute when the backward pass gets here: without the dependency on the
@@ -421,7 +426,7 @@ def _recomputing_relu_depthwise_pointwise(x, depthwise, pointwise, stride, paddi
             d_grad = pointwise_input_grad(upstream, pointwise, d.shape[-1])
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch([x_again, depthwise])
-                d_again = depthwise_conv2d(tf.nn.relu(x_again), depthwise, stride, padding,
+                d_again = depthwise_conv2d(activation(x_again), depthwise, stride, padding,
                                            dilation)
             x_grad, depthwise_grad = tape.gradient(d_again, [x_again, depthwise],
                                                    output_gradients=d_grad)

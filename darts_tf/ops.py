@@ -35,7 +35,14 @@ BN_EPSILON = 1e-5
 
 @keras.saving.register_keras_serializable(package="darts_tf")
 class Op(keras.layers.Layer):
-    """Base class: helpers to create conv kernels and batch norms on a layer."""
+    """Base class: helpers to create conv kernels and batch norms on a layer.
+
+    An op whose first step is a ReLU of its input sets `starts_with_relu` and takes
+    `input_is_relu=True` in `call`: then x is that ReLU's output already (a search mixed
+    op computes it once for all such candidates, `cells.MixedOp`).
+    """
+
+    starts_with_relu = False
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -289,10 +296,12 @@ class SepConv(Op):
         self._bn_2 = self._batch_norm("bn_2", gc, self.affine)
         self.built = True
 
-    def call(self, x, training=None, output_scale=None):
+    starts_with_relu = True
+
+    def call(self, x, training=None, output_scale=None, input_is_relu=False):
         pad, recompute = self.kernel_size // 2, self.recompute
         y = kernels.relu_depthwise_pointwise(x, self.depthwise_1, self.pointwise_1, self.stride,
-                                             pad, recompute=recompute)
+                                             pad, recompute=recompute, relu=not input_is_relu)
         y = self._bn(y, self._bn_1, training)
         y = kernels.relu_depthwise_pointwise(y, self.depthwise_2, self.pointwise_2, 1, pad,
                                              recompute=recompute)
@@ -322,10 +331,13 @@ class DilConv(Op):
         self._bn_index = self._batch_norm("bn", gc, self.affine)
         self.built = True
 
-    def call(self, x, training=None, output_scale=None):
+    starts_with_relu = True
+
+    def call(self, x, training=None, output_scale=None, input_is_relu=False):
         pad = self.dilation * (self.kernel_size - 1) // 2
         y = kernels.relu_depthwise_pointwise(x, self.depthwise, self.pointwise, self.stride, pad,
-                                             self.dilation, self.recompute)
+                                             self.dilation, self.recompute,
+                                             relu=not input_is_relu)
         return self._bn(y, self._bn_index, training, output_scale)
 
     def get_config(self):

@@ -679,3 +679,60 @@ def test_strided_max_pool_is_minus_inf_padded_pooling_in_values_and_gradient(siz
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(grad, grad_ref)
     assert np.count_nonzero(grad) > 0
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_mixed_op_shares_its_candidates_relu_with_the_same_values_and_derivatives(stride):
+    """A search mixed op takes ReLU(x) once for its four candidates that start with one
+    (the separable and dilated convs, which recompute their activations in the backward
+    pass): the same output, gradients (input, alphas' weights, every weight) and second
+    derivatives as each candidate taking its own ReLU, on two edges side by side."""
+    channels, edges = 4, 2
+    mixed = cells.MixedOp(channels, stride, num_inputs=edges)
+    assert sum(op.starts_with_relu for op in mixed.candidates) == 4
+    rng = np.random.default_rng(2)
+    inputs = [tf.constant(rng.normal(size=(3, 8, 8, channels)).astype(np.float32))
+              for _ in range(edges)]
+    weights = tf.constant(rng.dirichlet(np.ones(len(PRIMITIVES)), size=edges).astype(np.float32))
+    mixed(inputs, weights, training=True)  # builds the candidates
+    state = [v.numpy() for v in mixed.variables]
+    graph = tf.function(lambda: mixed(inputs, weights, training=True)).get_concrete_function().graph
+    # One ReLU of the input, the separable convs' second ones (one per sep_conv) and, at
+    # stride 2, FactorizedReduce's own (on the strided pixels only).
+    assert sum(op.type == "Relu" for op in graph.get_operations()) == 1 + 2 + (stride == 2)
+
+    def unshared(inputs, weights, training):
+        x = tf.concat(inputs, axis=-1)
+        per_channel = tf.gather(weights, np.repeat(np.arange(edges), channels))
+        columns = tf.unstack(per_channel, axis=1)
+        return mixed._sum_edges(tf.add_n([  # pylint: disable=protected-access
+            op(x, training=training, output_scale=columns[i])
+            for i, op in zip(mixed._indices, mixed.candidates)]))  # pylint: disable=protected-access
+
+    def derivatives(call):
+        for v, value in zip(mixed.variables, state):
+            v.assign(value)
+        sources = [*inputs, weights]
+        with tf.GradientTape() as outer:
+            outer.watch(sources)
+            with tf.GradientTape() as tape:
+                tape.watch(sources)
+                y = call(inputs, weights, training=True)
+                loss = tf.reduce_sum(tf.sin(y))
+            grads = tape.gradient(loss, [*sources, *mixed.trainable_variables])
+            dot = tf.reduce_sum(tf.square(grads[0])) + tf.reduce_sum(tf.square(grads[1]))
+        second = outer.gradient(dot, sources)
+        return (y, [tf.convert_to_tensor(g) for g in grads],  # the weights': IndexedSlices
+                [tf.convert_to_tensor(g) for g in second],
+                [v.numpy() for v in mixed.non_trainable_variables])
+
+    shared = derivatives(lambda *a, **k: mixed(*a, **k))
+    own = derivatives(unshared)
+    np.testing.assert_allclose(shared[0].numpy(), own[0].numpy(), rtol=1e-5, atol=1e-6)
+    for s, o in zip(shared[1] + shared[2], own[1] + own[2]):
+        assert s is not None and o is not None
+        np.testing.assert_allclose(s.numpy(), o.numpy(), rtol=1e-4,
+                                   atol=1e-5 * max(1.0, np.abs(o.numpy()).max()))
+    for s, o in zip(shared[3], own[3]):
+        np.testing.assert_array_equal(s, o)
+    assert np.abs(shared[2][2].numpy()).max() > 1e-3  # the weights' second derivative
