@@ -662,7 +662,7 @@ def pool_3x3(x, mode: str, stride: int = 1) -> tf.Tensor:
         # "SAME" window centred on row s*i does: the stride-1 pool at every s-th pixel (a 1x1
         # average pool at stride s takes them). The same values and gradient, bit for bit,
         # as the former symmetric pad and stride-s VALID pool, whose MirrorPadGrad made
-        # forward plus backward 2.2-2.8x slower (BENCHMARKS.md); no padded copy of x, no -inf
+        # forward plus backward 1.5-2.8x slower (BENCHMARKS.md); no padded copy of x, no -inf
         # constant (LiteRT's int8 kernels abort on one), and the exact second derivative
         # goes through `_max_pool_3x3_same`'s.
         return tf.nn.avg_pool2d(_max_pool_3x3_same(x), 1, stride, "VALID")

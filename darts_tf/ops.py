@@ -279,6 +279,8 @@ class SepConv(Op):
     axis (depthwise convs are per channel anyway; the pointwise conv is grouped).
     """
 
+    starts_with_relu = True
+
     def __init__(self, channels, kernel_size, stride=1, affine=True, groups=1, recompute=False,
                  **kwargs):
         super().__init__(**kwargs)
@@ -295,8 +297,6 @@ class SepConv(Op):
         self.pointwise_2 = self._kernel("pointwise_2", (1, 1, c, gc))
         self._bn_2 = self._batch_norm("bn_2", gc, self.affine)
         self.built = True
-
-    starts_with_relu = True
 
     def call(self, x, training=None, output_scale=None, input_is_relu=False):
         pad, recompute = self.kernel_size // 2, self.recompute
@@ -317,6 +317,8 @@ class SepConv(Op):
 class DilConv(Op):
     """ReLU -> depthwise k x k dilation 2 -> pointwise 1x1 -> BN (once)."""
 
+    starts_with_relu = True
+
     def __init__(self, channels, kernel_size, stride=1, dilation=2, affine=True, groups=1,
                  recompute=False, **kwargs):
         super().__init__(**kwargs)
@@ -330,8 +332,6 @@ class DilConv(Op):
         self.pointwise = self._kernel("pointwise", (1, 1, c, gc))
         self._bn_index = self._batch_norm("bn", gc, self.affine)
         self.built = True
-
-    starts_with_relu = True
 
     def call(self, x, training=None, output_scale=None, input_is_relu=False):
         pad = self.dilation * (self.kernel_size - 1) // 2
