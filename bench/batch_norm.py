@@ -20,20 +20,13 @@ import argparse
 import json
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import proc_clock  # noqa: E402  pylint: disable=wrong-import-position
 
-def _median_ms(fn, repeats):
-    fn().numpy()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn().numpy()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1e3
 
 
 def main():
@@ -70,11 +63,11 @@ def main():
                     is_training=True, data_format=fmt)[0]
 
             timings = {
-                "fwd_nhwc": _median_ms(lambda: forward_nhwc()[0], args.repeats),
-                "fwd_view": _median_ms(lambda: forward_view()[0], args.repeats),
-                "grad_nhwc": _median_ms(tf.function(lambda: grad("NHWC", lambda t: t)),
+                "fwd_nhwc": proc_clock.median_ms(lambda: forward_nhwc()[0], args.repeats),
+                "fwd_view": proc_clock.median_ms(lambda: forward_view()[0], args.repeats),
+                "grad_nhwc": proc_clock.median_ms(tf.function(lambda: grad("NHWC", lambda t: t)),
                                         args.repeats),
-                "grad_view": _median_ms(tf.function(
+                "grad_view": proc_clock.median_ms(tf.function(
                     lambda: grad("NCHW", lambda t: tf.reshape(t, view))), args.repeats),
             }
             difference = float(tf.reduce_max(tf.abs(

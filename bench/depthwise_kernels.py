@@ -26,23 +26,16 @@ import argparse
 import json
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import proc_clock  # noqa: E402  pylint: disable=wrong-import-position
 
 SHAPES = [(256, 32, 32, 8), (256, 32, 32, 20), (64, 32, 32, 32), (64, 32, 32, 80),
           (96, 32, 32, 36), (96, 16, 16, 72), (256, 16, 16, 16), (256, 8, 8, 32)]
 
-
-def _median_ms(fn, arg, repeats):
-    fn(arg).numpy()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(arg).numpy()
-        times.append(time.perf_counter() - start)
-    return round(sorted(times)[len(times) // 2] * 1e3, 2)
 
 
 def input_gradients(shape, size, repeats):
@@ -75,12 +68,12 @@ def input_gradients(shape, size, repeats):
         x, dy, size, padding))
     fa, fb = filter_ours(upstream).numpy(), filter_tf(upstream).numpy()
     return {"shape": list(shape), "kernel": size,
-            "input_grad_tf_ms": _median_ms(theirs, upstream, repeats),
-            "input_grad_turned_ms": _median_ms(ours, upstream, repeats),
-            "forward_ms": _median_ms(forward, x, repeats),
+            "input_grad_tf_ms": round(proc_clock.median_ms(lambda: theirs(upstream), repeats), 2),
+            "input_grad_turned_ms": round(proc_clock.median_ms(lambda: ours(upstream), repeats), 2),
+            "forward_ms": round(proc_clock.median_ms(lambda: forward(x), repeats), 2),
             "max_relative_difference": float(np.abs(a - b).max() / np.abs(b).max()),
-            "filter_grad_tf_ms": _median_ms(filter_tf, upstream, repeats),
-            "filter_grad_folded_ms": _median_ms(filter_ours, upstream, repeats),
+            "filter_grad_tf_ms": round(proc_clock.median_ms(lambda: filter_tf(upstream), repeats), 2),
+            "filter_grad_folded_ms": round(proc_clock.median_ms(lambda: filter_ours(upstream), repeats), 2),
             "filter_max_relative_difference": float(np.abs(fa - fb).max() / np.abs(fb).max())}
 
 
@@ -106,7 +99,7 @@ def dilated_forward(shape, size, repeats):
     for name, fn in (("onednn_dilated", native), ("tf_space_to_batch", phases),
                      ("darts_tf", ours)):
         try:
-            out[f"{name}_ms"] = _median_ms(fn, x, repeats)
+            out[f"{name}_ms"] = round(proc_clock.median_ms(lambda: fn(x), repeats), 2)
         except Exception as err:  # pylint: disable=broad-except  (a build without the kernel)
             out[f"{name}_ms"] = f"fails: {str(err).splitlines()[0][:120]}"
     return out

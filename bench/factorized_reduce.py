@@ -21,24 +21,17 @@ import argparse
 import json
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import proc_clock  # noqa: E402  pylint: disable=wrong-import-position
 
 # (batch, size, in channels, out channels per group, groups)
 SHAPES = [(256, 32, 64, 32, 1), (64, 32, 64, 32, 1), (256, 16, 128, 64, 1),
           (256, 32, 4, 4, 2), (64, 32, 16, 16, 2), (96, 32, 144, 72, 1)]
 
-
-def _median_ms(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        [t.numpy() for t in fn()]  # pylint: disable=expression-not-assigned
-        times.append(time.perf_counter() - start)
-    return round(sorted(times)[len(times) // 2] * 1e3, 2)
 
 
 def main():
@@ -73,7 +66,7 @@ def main():
                     tape.watch([x, kernel_1, kernel_2])
                     y = compute(x, kernel_1, kernel_2)
                 return [y, *tape.gradient(y, [x, kernel_1, kernel_2], output_gradients=upstream)]
-            results[name] = (_median_ms(step, args.repeats), step())
+            results[name] = (round(proc_clock.median_ms(step, args.repeats), 2), step())
         worst = max(float(tf.reduce_max(tf.abs(a - b)) / tf.reduce_max(tf.abs(b)))
                     for a, b in zip(results["conv_2x2"][1], results["strided"][1]))
         print(json.dumps({"shape": [batch, size, size, groups * c_in], "out": groups * out,

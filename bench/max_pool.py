@@ -22,22 +22,15 @@ import argparse
 import json
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import proc_clock  # noqa: E402  pylint: disable=wrong-import-position
 
 SHAPES = "96x32x32x72,96x16x16x144,16x32x32x64,16x16x16x128,64x32x32x64"
 
-
-def _median_ms(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        [t.numpy() for t in fn()]  # pylint: disable=expression-not-assigned
-        times.append(time.perf_counter() - start)
-    return round(sorted(times)[len(times) // 2] * 1e3, 2)
 
 
 def main():
@@ -50,8 +43,6 @@ def main():
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     from darts_tf import kernels  # pylint: disable=import-outside-toplevel
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import proc_clock  # pylint: disable=import-outside-toplevel
 
     pads = [[0, 0], [1, 1], [1, 1], [0, 0]]
     formulations = {
@@ -75,7 +66,7 @@ def main():
                     tape.watch(x)
                     y = pool(x)
                 return [y, tape.gradient(y, x, output_gradients=upstream)]
-            results[name] = (_median_ms(step, args.repeats), [t.numpy() for t in step()])
+            results[name] = (round(proc_clock.median_ms(step, args.repeats), 2), [t.numpy() for t in step()])
         reference = results["minus_inf"][1]
         print(json.dumps({
             "shape": [n, h, w, c],

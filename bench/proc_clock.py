@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import resource
+import time
 
 
 def process_age_s() -> float:
@@ -53,3 +54,21 @@ def cpu_flags() -> set[str]:
     except OSError:
         pass
     return set()
+
+
+def median_ms(fn, repeats: int) -> float:
+    """Median wall milliseconds of `fn()` over `repeats` calls after one warm-up call. Its
+    result (a tensor, or a list or tuple of them) is fetched (`.numpy()`) inside the timing,
+    so that the time includes the work and not only its dispatch."""
+    def call():
+        result = fn()
+        for tensor in result if isinstance(result, (list, tuple)) else [result]:
+            tensor.numpy()
+
+    call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1e3
