@@ -37,7 +37,6 @@ SHAPES = [(256, 32, 32, 8), (256, 32, 32, 20), (64, 32, 32, 32), (64, 32, 32, 80
           (96, 32, 32, 36), (96, 16, 16, 72), (256, 16, 16, 16), (256, 8, 8, 32)]
 
 
-
 def input_gradients(shape, size, repeats):
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel

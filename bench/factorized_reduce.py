@@ -33,7 +33,6 @@ SHAPES = [(256, 32, 64, 32, 1), (64, 32, 64, 32, 1), (256, 16, 128, 64, 1),
           (256, 32, 4, 4, 2), (64, 32, 16, 16, 2), (96, 32, 144, 72, 1)]
 
 
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=10)

@@ -32,7 +32,6 @@ import proc_clock  # noqa: E402  pylint: disable=wrong-import-position
 SHAPES = "96x32x32x72,96x16x16x144,16x32x32x64,16x16x16x128,64x32x32x64"
 
 
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=10)

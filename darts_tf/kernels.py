@@ -660,11 +660,13 @@ def pool_3x3(x, mode: str, stride: int = 1) -> tf.Tensor:
     if mode == "max":
         # The reference's window at output i covers rows s*i - 1 .. s*i + 1, as the stride-1
         # "SAME" window centred on row s*i does: the stride-1 pool at every s-th pixel (a 1x1
-        # average pool at stride s takes them). The same values and gradient, bit for bit,
-        # as the former symmetric pad and stride-s VALID pool, whose MirrorPadGrad made
-        # forward plus backward 1.5-2.8x slower (BENCHMARKS.md); no padded copy of x, no -inf
-        # constant (LiteRT's int8 kernels abort on one), and the exact second derivative
-        # goes through `_max_pool_3x3_same`'s.
+        # average pool at stride s takes them). The same values and gradient as the former
+        # symmetric pad and stride-s VALID pool (bit for bit eagerly; in a graph the
+        # kernels may add overlapping windows' gradients in another order, 1 ulp apart, as
+        # they do for the former pool too), whose MirrorPadGrad made forward plus backward
+        # 1.5-2.8x slower (BENCHMARKS.md); no padded copy of x, no -inf constant (LiteRT's
+        # int8 kernels abort on one), and the exact second derivative goes through
+        # `_max_pool_3x3_same`'s.
         return tf.nn.avg_pool2d(_max_pool_3x3_same(x), 1, stride, "VALID")
     pads = [[0, 0], [1, 1], [1, 1], [0, 0]]
     mean = tf.nn.avg_pool2d(tf.pad(x, pads), [1, 3, 3, 1], [1, stride, stride, 1], "VALID")

@@ -658,7 +658,9 @@ def test_custom_gradient_records_only_results_and_matches_tf_custom_gradient():
 def test_strided_max_pool_is_minus_inf_padded_pooling_in_values_and_gradient(size):
     """`kernels.pool_3x3(x, "max", 2)` (the stride-1 pool at every other pixel) against the
     reference's definition, padding 1 with -inf and a VALID stride-2 window: bit for bit in
-    value and input gradient, on even and odd sizes, with ReLU zeros tying in the windows."""
+    value and input gradient, eagerly, on even and odd sizes, with ReLU zeros tying in the
+    windows (traced, TensorFlow's kernels may add overlapping windows' gradients in another
+    order, for either formulation: 1 ulp)."""
     rng = np.random.default_rng(3)
     x = tf.constant(np.maximum(rng.normal(size=(2, size, size, 3)) - 1.0, 0.0).astype(np.float32))
     out = (size - 1) // 2 + 1
