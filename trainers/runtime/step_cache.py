@@ -200,7 +200,7 @@ class StepCache:
 
 def loads_of(function) -> int:
     """How many times `function` (what `StepCache.wrap` returned) was loaded, not traced."""
-    return getattr(function, "loads", 0) if isinstance(function, _CachedFunction) else 0
+    return function.loads if isinstance(function, _CachedFunction) else 0
 
 
 class _Loaded:
