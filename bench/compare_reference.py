@@ -39,6 +39,16 @@ on both; the summary gives the median of the pair ratios over all rounds beside 
 of the medians. Both processes are in memory at once (the reference at batch 64, second
 order, and ours: about 17 GB).
 
+`--profile`: where each side's step time goes, by kind of kernel, instead of the timings
+above. Per configuration, the reference's step under torch.profiler (the ops' own time on
+the calling thread, where torch runs them one at a time, each on both cores; convolutions
+split by their weight: (C, 1, k, k) with k > 1 is depthwise) and ours under TensorFlow's
+(`bench/profile_step.py --what=profile`: each kind's share of the kernel time times the
+step's wall time), two warm-up steps then `--steps` profiled ones each, in the kinds of
+bench/profile_step.py. Printed: a Markdown table per configuration, seconds per step by
+kind on each side and their ratio, the reference's time outside its ops (Python, the
+autograd engine) as a row of its own.
+
 `--step_cache=warm`: our start-up as a repeated run sees it, the step loaded from the step
 cache (trainers/runtime/step_cache.py) instead of traced; an untimed run of each
 configuration fills a new cache directory first. The default, `cold`, turns the cache off:
@@ -170,6 +180,80 @@ def _time_steps(torch, step, inputs) -> dict:
         startup = startup or proc_clock.process_age_s()
     return _figures(times, startup, torch_threads=torch.get_num_threads(),
                     torch_version=torch.__version__)
+
+
+# aten ops by kind, as bench/profile_step.py groups TensorFlow's (convolutions apart: by weight).
+REFERENCE_KINDS = {
+    "batch norm": ("aten::native_batch_norm", "aten::native_batch_norm_backward",
+                   "aten::_native_batch_norm_legit", "aten::_native_batch_norm_legit_functional",
+                   "aten::_batch_norm_with_update", "aten::batch_norm_backward"),
+    "relu": ("aten::relu", "aten::relu_", "aten::clamp_min", "aten::clamp_min_",
+             "aten::threshold_backward"),
+    "pooling": ("aten::max_pool2d_with_indices", "aten::max_pool2d_with_indices_backward",
+                "aten::avg_pool2d", "aten::avg_pool2d_backward", "aten::_adaptive_avg_pool2d",
+                "aten::_adaptive_avg_pool2d_backward", "aten::adaptive_avg_pool2d"),
+    "data movement": ("aten::cat", "aten::copy_", "aten::constant_pad_nd", "aten::slice",
+                      "aten::slice_backward", "aten::narrow", "aten::clone", "aten::stack",
+                      "aten::index", "aten::select_backward", "aten::contiguous",
+                      "aten::_to_copy", "aten::view", "aten::reshape", "aten::as_strided",
+                      "aten::expand", "aten::t", "aten::transpose", "aten::permute"),
+    "element-wise": ("aten::mul", "aten::mul_", "aten::add", "aten::add_", "aten::sub",
+                     "aten::sub_", "aten::div", "aten::div_", "aten::neg", "aten::_softmax",
+                     "aten::_softmax_backward_data", "aten::_log_softmax",
+                     "aten::_log_softmax_backward_data", "aten::bernoulli_", "aten::floor_",
+                     "aten::sqrt", "aten::addcmul_", "aten::addcdiv_", "aten::lerp_",
+                     "aten::clamp", "aten::reciprocal", "aten::exp", "aten::addmm",
+                     "aten::mm", "aten::fill_", "aten::zero_", "aten::where", "aten::pow"),
+    "reductions": ("aten::sum", "aten::mean", "aten::linalg_vector_norm", "aten::norm",
+                   "aten::nll_loss_forward", "aten::nll_loss_backward", "aten::max"),
+}
+_REFERENCE_KIND_OF = {op: kind for kind, ops in REFERENCE_KINDS.items() for op in ops}
+_CONVOLUTIONS = ("aten::mkldnn_convolution", "aten::convolution_backward",
+                 "aten::_slow_conv2d_forward", "aten::_slow_conv2d_backward",
+                 "aten::thnn_conv2d", "aten::_convolution_depthwise2d")
+
+
+def reference_kind(op: str, input_shapes) -> str:
+    """The kind (bench/profile_step.py's names) of an aten op from its name and input shapes.
+
+    A convolution is depthwise when its weight is (C, 1, k, k) with k > 1 (the separable and
+    dilated convs' first conv; the reference's input images have 3 channels); the weight is
+    the second input of a forward conv and the third of `convolution_backward`."""
+    if op in _CONVOLUTIONS:
+        index = 2 if "backward" in op else 1
+        weight = input_shapes[index] if len(input_shapes) > index else []
+        depthwise = len(weight) == 4 and weight[1] == 1 and weight[2] * weight[3] > 1
+        return "depthwise conv" if depthwise else "conv 1x1 / conv"
+    return _REFERENCE_KIND_OF.get(op, "other")
+
+
+def reference_kinds(torch, step, inputs, steps: int) -> dict:
+    """Two warm-up steps, then `steps` steps under torch.profiler: the ops' own time per
+    step by kind, the step's wall time, and the time outside the ops (seconds per step)."""
+    from torch import profiler  # pylint: disable=import-outside-toplevel
+
+    inputs = iter(inputs)
+    for _ in range(2):
+        float(step(*next(inputs)))
+    batches = [next(inputs) for _ in range(steps)]
+    with profiler.profile(activities=[profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        start = time.time()
+        for tensors in batches:
+            float(step(*tensors))
+        wall = time.time() - start
+    kinds, ops = {}, {}
+    for event in prof.key_averages(group_by_input_shape=True):
+        seconds = event.self_cpu_time_total / 1e6 / steps
+        kind = reference_kind(event.key, event.input_shapes or [])
+        kinds[kind] = kinds.get(kind, 0.0) + seconds
+        ops[event.key] = ops.get(event.key, 0.0) + seconds
+    in_ops = sum(kinds.values())
+    return {"wall_s_per_step": round(wall / steps, 3), "ops_s_per_step": round(in_ops, 3),
+            "outside_ops_s_per_step": round(wall / steps - in_ops, 3),
+            "kinds_s": {k: round(v, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "top_ops_s": {k: round(v, 3) for k, v in sorted(ops.items(),
+                                                            key=lambda kv: -kv[1])[:12]},
+            "torch_threads": torch.get_num_threads()}
 
 
 # ----- our side, for --lockstep (run by this project's Python; the same batches) -----
@@ -341,6 +425,57 @@ def run_lockstep(config: str, sides, args) -> list[dict]:
     return [records[side] for side in sides]
 
 
+def ours_kinds(result: dict) -> dict:
+    """bench/profile_step.py's profile as seconds per step by kind: each kind's share of the
+    kernel time times the step's wall time (its two executor threads run kernels side by
+    side, so kernel seconds add up to about twice the wall time)."""
+    wall = result["wall_s_per_step"]
+    return {"wall_s_per_step": wall,
+            "kinds_s": {k: round(share / 100 * wall, 3) for k, share in result["kinds"].items()},
+            "kernels_over_wall_x_cores": result.get("kernels_over_wall_x_cores")}
+
+
+def kinds_table(reference: dict, ours: dict) -> str:
+    """Markdown: seconds per step by kind on each side and reference / ours, the reference's
+    largest kinds first; then its time outside the ops, and the whole step."""
+    def ratio(r, o):
+        return f"{r / o:.2f}x" if r and o else "-"
+    lines = ["| kind | reference (s per step) | ours (s per step) | reference / ours |",
+             "|---|---|---|---|"]
+    ref, our = reference["kinds_s"], ours["kinds_s"]
+    for kind in sorted(set(ref) | set(our), key=lambda k: (-ref.get(k, 0.0), -our.get(k, 0.0))):
+        r, o = ref.get(kind, 0.0), our.get(kind, 0.0)
+        if r >= 0.005 or o >= 0.005:
+            lines.append(f"| {kind} | {r:.2f} | {o:.2f} | {ratio(r, o)} |")
+    lines.append(f"| outside the ops (Python, autograd engine) | "
+                 f"{reference['outside_ops_s_per_step']:.2f} | - | - |")
+    lines.append(f"| **step (wall)** | {reference['wall_s_per_step']:.2f} | "
+                 f"{ours['wall_s_per_step']:.2f} | "
+                 f"{ratio(reference['wall_s_per_step'], ours['wall_s_per_step'])} |")
+    return "\n".join(lines)
+
+
+def profile_sides(config: str, args) -> dict:
+    """--profile: the reference's and our step by kind, one process each, one after the other."""
+    commands = {
+        "reference": [args.torch_python, os.path.abspath(__file__), f"--child={config}",
+                      "--profile", f"--reference_dir={args.reference_dir}",
+                      f"--steps={args.steps}"],
+        "ours": [sys.executable, os.path.join(HERE, "profile_step.py"), "--what=profile",
+                 f"--config={config}", f"--steps={args.steps}"]}
+    record = {"config": config, "mode": "profile"}
+    for side, command in commands.items():
+        load = os.getloadavg()[0]
+        out = subprocess.run(command, capture_output=True, text=True, check=False)
+        record[f"{side}_load"] = [round(load, 2), round(os.getloadavg()[0], 2)]
+        if out.returncode != 0:
+            record["error"] = f"{side}: {out.stderr.strip()[-1500:]}"
+            return record
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        record[side] = result if side == "reference" else ours_kinds(result)
+    return record
+
+
 def _median(values):
     values = sorted(v for v in values if v is not None)
     if not values:
@@ -425,6 +560,9 @@ def main(argv=None):
                         help="ours without the step cache (cold: every process traces its "
                         "step) or with one filled by an untimed run of each configuration "
                         "first (warm: a repeated run's start-up)")
+    parser.add_argument("--profile", action="store_true",
+                        help="each side's step time by kind of kernel, not the timings "
+                        "(see the module's docstring); --steps profiled steps per side")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--ours", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -436,13 +574,15 @@ def main(argv=None):
         if args.ours:  # --lockstep only: the timed runs of ours are search_step.py's
             serve_steps(*ours_step(args.child, args.steps))
             return
+        steps = args.steps + 2 if args.profile else args.steps  # --profile: 2 warm-up steps
         if kind == "retrain":
-            torch, step, inputs = reference_retrain_step(args.reference_dir, int(batch),
-                                                         args.steps)
+            torch, step, inputs = reference_retrain_step(args.reference_dir, int(batch), steps)
         else:
             torch, step, inputs = reference_search_step(args.reference_dir, kind, int(batch),
-                                                         args.steps)
-        if args.lockstep:
+                                                         steps)
+        if args.profile:
+            print(json.dumps(reference_kinds(torch, step, inputs, args.steps)), flush=True)
+        elif args.lockstep:
             serve_steps(step, inputs)
         else:
             print(json.dumps(_time_steps(torch, step, inputs)), flush=True)
@@ -458,6 +598,16 @@ def main(argv=None):
               "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
               "step_cache": args.step_cache}
     _emit(header, args.output)
+    if args.profile:
+        for config in configs:
+            record = profile_sides(config, args)
+            _emit(record, args.output)
+            if "error" not in record:
+                print(f"\n{config} (load before and after: reference {record['reference_load']}"
+                      f", ours {record['ours_load']}):\n"
+                      f"{kinds_table(record['reference'], record['ours'])}\n", flush=True)
+        _emit({"uptime_after": _uptime()}, args.output)
+        return
     _prepare_step_cache(configs, args)
     records = []
     for round_index in range(args.rounds):

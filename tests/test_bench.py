@@ -191,3 +191,38 @@ def test_step_cache_modes_reach_our_children_through_the_environment(monkeypatch
         assert calls == [("ours", "first_order,16", 2), ("ours", "retrain,96", 2)]
         os.rmdir(directory)
     assert args.steps == 4
+
+
+def test_reference_kinds_split_convolutions_by_their_weight():
+    """--profile: aten ops into bench/profile_step.py's kinds; a conv is depthwise when its
+    weight (the forward's second input, convolution_backward's third) is (C, 1, k, k), k > 1."""
+    kind = compare_reference.reference_kind
+    assert kind("aten::mkldnn_convolution", [[16, 16, 32, 32], [16, 1, 3, 3], []]) == "depthwise conv"
+    assert kind("aten::convolution_backward",
+                [[16, 16, 32, 32], [16, 16, 34, 34], [16, 1, 5, 5]]) == "depthwise conv"
+    assert kind("aten::mkldnn_convolution", [[16, 16, 32, 32], [16, 16, 1, 1]]) == "conv 1x1 / conv"
+    assert kind("aten::convolution_backward",
+                [[16, 16, 32, 32], [16, 16, 32, 32], [16, 16, 1, 1]]) == "conv 1x1 / conv"
+    assert kind("aten::mkldnn_convolution", [[16, 3, 32, 32], [48, 3, 3, 3]]) == "conv 1x1 / conv"
+    assert kind("aten::mkldnn_convolution", [[16, 1, 8, 8], [4, 1, 1, 1]]) == "conv 1x1 / conv"
+    assert kind("aten::native_batch_norm_backward", []) == "batch norm"
+    assert kind("aten::threshold_backward", []) == "relu"
+    assert kind("aten::max_pool2d_with_indices", []) == "pooling"
+    assert kind("aten::mul", []) == "element-wise"
+    assert kind("aten::cat", []) == "data movement"
+    assert kind("aten::empty", []) == "other"
+
+
+def test_kinds_table_gives_each_kind_on_both_sides_and_the_reference_outside_its_ops():
+    reference = {"wall_s_per_step": 12.0, "outside_ops_s_per_step": 0.5,
+                 "kinds_s": {"depthwise conv": 6.0, "batch norm": 1.5, "other": 0.001}}
+    ours = compare_reference.ours_kinds({"wall_s_per_step": 3.0, "kernels_over_wall_x_cores": 0.9,
+                                         "kinds": {"depthwise conv": 40.0, "batch norm": 50.0,
+                                                   "relu": 10.0}})
+    assert ours["kinds_s"] == {"depthwise conv": 1.2, "batch norm": 1.5, "relu": 0.3}
+    table = compare_reference.kinds_table(reference, ours).splitlines()
+    assert table[2:] == ["| depthwise conv | 6.00 | 1.20 | 5.00x |",
+                         "| batch norm | 1.50 | 1.50 | 1.00x |",
+                         "| relu | 0.00 | 0.30 | - |",
+                         "| outside the ops (Python, autograd engine) | 0.50 | - | - |",
+                         "| **step (wall)** | 12.00 | 3.00 | 4.00x |"]
