@@ -47,7 +47,8 @@ split by their weight: (C, 1, k, k) with k > 1 is depthwise) and ours under Tens
 step's wall time), two warm-up steps then `--steps` profiled ones each, in the kinds of
 bench/profile_step.py. Printed: a Markdown table per configuration, seconds per step by
 kind on each side and their ratio, the reference's time outside its ops (Python, the
-autograd engine) as a row of its own.
+autograd engine) as a row of its own, and each side's second warm-up step, timed without
+the profiler (torch's, recording every op's input shapes, lengthens the reference's step).
 
 `--step_cache=warm`: our start-up as a repeated run sees it, the step loaded from the step
 cache (trainers/runtime/step_cache.py) instead of traced; an untimed run of each
@@ -207,6 +208,8 @@ REFERENCE_KINDS = {
     "reductions": ("aten::sum", "aten::mean", "aten::linalg_vector_norm", "aten::norm",
                    "aten::nll_loss_forward", "aten::nll_loss_backward", "aten::max"),
 }
+# The rest ("other"): allocation (aten::empty, ...), the autograd graph's nodes (their own
+# time beside the kernels they call), view bookkeeping: the framework's per-op overhead.
 _REFERENCE_KIND_OF = {op: kind for kind, ops in REFERENCE_KINDS.items() for op in ops}
 _CONVOLUTIONS = ("aten::mkldnn_convolution", "aten::convolution_backward",
                  "aten::_slow_conv2d_forward", "aten::_slow_conv2d_backward",
@@ -233,8 +236,11 @@ def reference_kinds(torch, step, inputs, steps: int) -> dict:
     from torch import profiler  # pylint: disable=import-outside-toplevel
 
     inputs = iter(inputs)
-    for _ in range(2):
-        float(step(*next(inputs)))
+    for _ in range(2):  # the second one timed: the step without the profiler
+        tensors = next(inputs)
+        start = time.time()
+        float(step(*tensors))
+        unprofiled = time.time() - start
     batches = [next(inputs) for _ in range(steps)]
     with profiler.profile(activities=[profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
         start = time.time()
@@ -248,7 +254,8 @@ def reference_kinds(torch, step, inputs, steps: int) -> dict:
         kinds[kind] = kinds.get(kind, 0.0) + seconds
         ops[event.key] = ops.get(event.key, 0.0) + seconds
     in_ops = sum(kinds.values())
-    return {"wall_s_per_step": round(wall / steps, 3), "ops_s_per_step": round(in_ops, 3),
+    return {"wall_s_per_step": round(wall / steps, 3), "unprofiled_step_s": round(unprofiled, 3),
+            "ops_s_per_step": round(in_ops, 3),
             "outside_ops_s_per_step": round(wall / steps - in_ops, 3),
             "kinds_s": {k: round(v, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
             "top_ops_s": {k: round(v, 3) for k, v in sorted(ops.items(),
@@ -430,7 +437,7 @@ def ours_kinds(result: dict) -> dict:
     kernel time times the step's wall time (its two executor threads run kernels side by
     side, so kernel seconds add up to about twice the wall time)."""
     wall = result["wall_s_per_step"]
-    return {"wall_s_per_step": wall,
+    return {"wall_s_per_step": wall, "unprofiled_step_s": result.get("unprofiled_step_s"),
             "kinds_s": {k: round(share / 100 * wall, 3) for k, share in result["kinds"].items()},
             "kernels_over_wall_x_cores": result.get("kernels_over_wall_x_cores")}
 
@@ -438,8 +445,8 @@ def ours_kinds(result: dict) -> dict:
 def kinds_table(reference: dict, ours: dict) -> str:
     """Markdown: seconds per step by kind on each side and reference / ours, the reference's
     largest kinds first; then its time outside the ops, and the whole step."""
-    def ratio(r, o):
-        return f"{r / o:.2f}x" if r and o else "-"
+    def ratio(r, o):  # not of hundredths of a second: noise
+        return f"{r / o:.2f}x" if r >= 0.01 and o >= 0.01 else "-"
     lines = ["| kind | reference (s per step) | ours (s per step) | reference / ours |",
              "|---|---|---|---|"]
     ref, our = reference["kinds_s"], ours["kinds_s"]
@@ -447,11 +454,15 @@ def kinds_table(reference: dict, ours: dict) -> str:
         r, o = ref.get(kind, 0.0), our.get(kind, 0.0)
         if r >= 0.005 or o >= 0.005:
             lines.append(f"| {kind} | {r:.2f} | {o:.2f} | {ratio(r, o)} |")
-    lines.append(f"| outside the ops (Python, autograd engine) | "
+    lines.append(f"| outside the ops (Python, the autograd engine's loop) | "
                  f"{reference['outside_ops_s_per_step']:.2f} | - | - |")
     lines.append(f"| **step (wall)** | {reference['wall_s_per_step']:.2f} | "
                  f"{ours['wall_s_per_step']:.2f} | "
                  f"{ratio(reference['wall_s_per_step'], ours['wall_s_per_step'])} |")
+    plain = reference.get("unprofiled_step_s"), ours.get("unprofiled_step_s")
+    if None not in plain:  # what the profilers add: torch's records every op's shapes
+        lines.append(f"| step without the profiler (the warm-up's second) | {plain[0]:.2f} | "
+                     f"{plain[1]:.2f} | {ratio(*plain)} |")
     return "\n".join(lines)
 
 

@@ -8,7 +8,8 @@ The reference search network (C=16, 8 cells, 4 nodes, 32x32x3) and the full sear
 of trainers/search/trainer.py, on random batches, as bench/search_step.py times it
 (`--config` is ORDER,BATCH[,METHOD] with its names).
 
---what=profile: two warm-up steps, then `--steps` steps under TensorFlow's profiler
+--what=profile: two warm-up steps (the second timed: `unprofiled_step_s`), then `--steps`
+  steps under TensorFlow's profiler
   (`--config=retrain[,BATCH]`: bench/retrain_step.py's retraining step instead).
   The op events of the executor's threads (xplane) are summed by op type (oneDNN's
   _Mkl prefixes removed) and grouped into kinds (depthwise convolution, convolution,
@@ -287,8 +288,11 @@ def profile(config_text: str, steps: int, top: int) -> dict:
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     step, arguments = _stepper(config_text)
-    for _ in range(2):
-        float(step(*arguments())["loss"])
+    for _ in range(2):  # the second one timed: a step without the profiler, for comparison
+        args = arguments()
+        start = time.time()
+        float(step(*args)["loss"])
+        unprofiled = time.time() - start
     batches = [arguments() for _ in range(steps)]
     logdir = tempfile.mkdtemp(prefix="darts_tf_profile_")
     tf.profiler.experimental.start(logdir)
@@ -299,7 +303,8 @@ def profile(config_text: str, steps: int, top: int) -> dict:
     tf.profiler.experimental.stop()
     path = sorted(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True))[-1]
     return {"config": config_text, "xplane": path, **summarize_xplane(path, wall, steps, top),
-            "machine": proc_clock.cpu_model(), "load": os.getloadavg()[0]}
+            "unprofiled_step_s": round(unprofiled, 3), "machine": proc_clock.cpu_model(),
+            "load": os.getloadavg()[0]}
 
 
 def op_counts(config_text: str, top: int) -> dict:

@@ -214,15 +214,21 @@ def test_reference_kinds_split_convolutions_by_their_weight():
 
 
 def test_kinds_table_gives_each_kind_on_both_sides_and_the_reference_outside_its_ops():
-    reference = {"wall_s_per_step": 12.0, "outside_ops_s_per_step": 0.5,
-                 "kinds_s": {"depthwise conv": 6.0, "batch norm": 1.5, "other": 0.001}}
+    reference = {"wall_s_per_step": 12.0, "outside_ops_s_per_step": 0.5, "unprofiled_step_s": 10.0,
+                 "kinds_s": {"depthwise conv": 6.0, "batch norm": 1.5, "reductions": 0.009,
+                             "other": 0.001}}
     ours = compare_reference.ours_kinds({"wall_s_per_step": 3.0, "kernels_over_wall_x_cores": 0.9,
+                                         "unprofiled_step_s": 2.5,
                                          "kinds": {"depthwise conv": 40.0, "batch norm": 50.0,
-                                                   "relu": 10.0}})
-    assert ours["kinds_s"] == {"depthwise conv": 1.2, "batch norm": 1.5, "relu": 0.3}
+                                                   "relu": 10.0, "reductions": 0.0}})
+    assert ours["kinds_s"] == {"depthwise conv": 1.2, "batch norm": 1.5, "relu": 0.3,
+                               "reductions": 0.0}
     table = compare_reference.kinds_table(reference, ours).splitlines()
     assert table[2:] == ["| depthwise conv | 6.00 | 1.20 | 5.00x |",
                          "| batch norm | 1.50 | 1.50 | 1.00x |",
+                         "| reductions | 0.01 | 0.00 | - |",  # a ratio of noise: none
                          "| relu | 0.00 | 0.30 | - |",
-                         "| outside the ops (Python, autograd engine) | 0.50 | - | - |",
-                         "| **step (wall)** | 12.00 | 3.00 | 4.00x |"]
+                         "| outside the ops (Python, the autograd engine's loop) | 0.50 | - | - |",
+                         "| **step (wall)** | 12.00 | 3.00 | 4.00x |",
+                         "| step without the profiler (the warm-up's second) | 10.00 | 2.50 |"
+                         " 4.00x |"]
