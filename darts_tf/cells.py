@@ -71,33 +71,6 @@ def _preprocess(spec: CellSpec, affine: bool):
     return pre0, pre1
 
 
-def _preprocessed(cell, s0, s1, training, inputs_are_relu):
-    """The cell's two input states after its preprocessing ops (both start with a ReLU)."""
-    return [cell.preprocess0(s0, training=training, input_is_relu=inputs_are_relu),
-            cell.preprocess1(s1, training=training, input_is_relu=inputs_are_relu)]
-
-
-def relu_states(cells, s0, s1, call_cell):
-    """Runs `cells` in sequence, each on the ReLUs of the two states before it; returns the
-    last cell's output (the reference: `s0, s1 = s1, cell(s0, s1)`).
-
-    Every cell's preprocessing ops start with ReLU(s0) and ReLU(s1), and each state is the
-    s1 of one cell and the s0 of the next, so the reference takes each state's ReLU twice.
-    Here it is taken once, for both cells (`inputs_are_relu=True`): one ReLU and one
-    gradient fewer per cell on its largest tensors (multiplier x channels), and one
-    activation fewer kept for the backward pass. The same values; the state's gradient sums
-    the two cells' parts before the ReLU's mask instead of after (equal to float32 rounding).
-    `call_cell(cell, r0, r1)` calls one cell on the ReLUs with `inputs_are_relu=True`.
-    """
-    r0 = tf.nn.relu(s0)
-    r1 = r0 if s1 is s0 else tf.nn.relu(s1)
-    for i, cell in enumerate(cells):
-        s1 = call_cell(cell, r0, r1)
-        if i + 1 < len(cells):  # the last output is read as it is (classifier)
-            r0, r1 = r1, tf.nn.relu(s1)
-    return s1
-
-
 class MixedOp(keras.layers.Layer):
     """The mixed ops of `num_inputs` edges into one node that share a stride, batched.
 
@@ -222,20 +195,17 @@ class SearchCell(keras.layers.Layer):
                         name=f"node_{i + 2}_from_{first_input}_to_{first_input + count - 1}"))
             self.built = True
 
-    def call(self, s0, s1, weights, training=None, edge_weights=None, skip_beta=None,
-             inputs_are_relu=False):
+    def call(self, s0, s1, weights, training=None, edge_weights=None, skip_beta=None):
         """Args:
           weights: softmax(alpha) of this cell type, (num_edges, num_primitives).
           edge_weights: PC-DARTS' per-edge weights (num_edges,), or None.
           skip_beta: DARTS-' auxiliary skip scale (a scalar), or None.
-          inputs_are_relu: s0 and s1 are ReLU(state) already (see `relu_states`).
         """
         if self.recompute and training:
-            return self._recomputing_call(s0, s1, weights, edge_weights, skip_beta,
-                                          inputs_are_relu)
-        return self._forward(s0, s1, weights, training, edge_weights, skip_beta, inputs_are_relu)
+            return self._recomputing_call(s0, s1, weights, edge_weights, skip_beta)
+        return self._forward(s0, s1, weights, training, edge_weights, skip_beta)
 
-    def _recomputing_call(self, s0, s1, weights, edge_weights, skip_beta, inputs_are_relu):
+    def _recomputing_call(self, s0, s1, weights, edge_weights, skip_beta):
         """`call` in training whose gradient recomputes the cell: only its arguments are kept.
 
         The cell runs under a `keras.StatelessScope` that maps its variables to their
@@ -254,8 +224,7 @@ class SearchCell(keras.layers.Layer):
 
         def run(s0, s1, weights, extra_values, variable_values):
             with keras.StatelessScope(list(zip(variables, variable_values))) as scope:
-                out = self._forward(s0, s1, weights, True, **dict(zip(names, extra_values)),
-                                    inputs_are_relu=inputs_are_relu)
+                out = self._forward(s0, s1, weights, True, **dict(zip(names, extra_values)))
             return out, [(v, scope.get_current_value(v)) for v in variables]
 
         @kernels.custom_gradient
@@ -284,9 +253,8 @@ class SearchCell(keras.layers.Layer):
             variable.assign(value)
         return out
 
-    def _forward(self, s0, s1, weights, training, edge_weights=None, skip_beta=None,
-                 inputs_are_relu=False):
-        states = _preprocessed(self, s0, s1, training, inputs_are_relu)
+    def _forward(self, s0, s1, weights, training, edge_weights=None, skip_beta=None):
+        states = [self.preprocess0(s0, training=training), self.preprocess1(s1, training=training)]
         mixed = iter(self.mixed_ops)
         for node in self.groups:
             parts = []
@@ -326,9 +294,8 @@ class FixedCell(keras.layers.Layer):
         mask = tf.floor(keep + keras.random.uniform(shape, dtype=x.dtype, seed=self.seed_generator))
         return x / keep * mask
 
-    def call(self, s0, s1, drop_prob=None, training=None, inputs_are_relu=False):
-        """`inputs_are_relu`: s0 and s1 are ReLU(state) already (see `relu_states`)."""
-        states = _preprocessed(self, s0, s1, training, inputs_are_relu)
+    def call(self, s0, s1, drop_prob=None, training=None):
+        states = [self.preprocess0(s0, training=training), self.preprocess1(s1, training=training)]
         for i in range(len(self.ops) // 2):
             node = []
             for op, index in zip(self.ops[2 * i:2 * i + 2], self.indices[2 * i:2 * i + 2]):

@@ -148,7 +148,7 @@ def conv2d(x, kernel, stride: int = 1, padding: int = 0, dilation: int = 1) -> t
 FACTORIZED_REDUCE_CONV = "factorized_reduce_conv"
 
 
-def factorized_reduce(x, kernel_1, kernel_2, relu: bool = True) -> tf.Tensor:
+def factorized_reduce(x, kernel_1, kernel_2) -> tf.Tensor:
     """FactorizedReduce before its batch norm: concat[conv1x1/2(relu(x)) by kernel_1 on pixels
     (2i, 2j), conv1x1/2 by kernel_2 on pixels (2i+1, 2j+1)], per group of the 1x1 convs
     (group g's output: [path 1 of g, path 2 of g]).
@@ -161,18 +161,15 @@ def factorized_reduce(x, kernel_1, kernel_2, relu: bool = True) -> tf.Tensor:
     the ReLU of all of x rather than of the quarter the paths read; PC-DARTS' allocator
     peak at batch 256 stayed within the run-to-run spread (2.21-2.29 GB against
     2.30-2.36 GB, BENCHMARKS.md).
-
-    `relu=False`: x is a ReLU's output already (shared with other ops, `cells.py`).
     """
-    activation = tf.nn.relu if relu else (lambda t: t)
     c_in, out = kernel_1.shape[2], kernel_1.shape[3]
     groups = x.shape[-1] // c_in
     half = out // groups
     if x.shape[1] % 2 or x.shape[2] % 2 or grouped_conv_as_matmul(groups, x.dtype):
         # Odd sizes (the two paths differ in size, as in the reference, which fails there)
         # and grouped convs without a gradient kernel: the two strided paths.
-        y1 = conv2d(activation(x[:, ::2, ::2, :]), kernel_1)
-        y2 = conv2d(activation(x[:, 1::2, 1::2, :]), kernel_2)
+        y1 = conv2d(tf.nn.relu(x[:, ::2, ::2, :]), kernel_1)
+        y2 = conv2d(tf.nn.relu(x[:, 1::2, 1::2, :]), kernel_2)
         if groups == 1:
             return tf.concat([y1, y2], axis=-1)
         shape = [-1, y1.shape[1], y1.shape[2], groups, half]
@@ -186,7 +183,7 @@ def factorized_reduce(x, kernel_1, kernel_2, relu: bool = True) -> tf.Tensor:
     no_tap = tf.zeros_like(tap_00)
     kernel = tf.reshape(tf.stack([tap_00, no_tap, no_tap, tap_11]), [2, 2, c_in, 2 * out])
     # The name tells `darts_tf.count_multiply_adds` that one tap in four is not zero.
-    return tf.nn.conv2d(activation(x), kernel, strides=2, padding="VALID",
+    return tf.nn.conv2d(tf.nn.relu(x), kernel, strides=2, padding="VALID",
                         name=FACTORIZED_REDUCE_CONV)
 
 

@@ -85,18 +85,12 @@ class _FixedNetwork(keras.Model):
         else:
             s0 = s1 = self.stem(inputs, training=training)
         drop_prob = tf.convert_to_tensor(self.drop_path_prob)
-        aux_logits = []
-        aux_cell = (self.cells[self.aux_index] if self.auxiliary and training and return_aux
-                    else None)
-
-        def call_cell(cell, r0, r1):
-            out = cell(r0, r1, drop_prob, training=training, inputs_are_relu=True)
-            if cell is aux_cell:
-                aux_logits.append(self.auxiliary_head(out, training=training))
-            return out
-
-        logits = self.classifier(cells.relu_states(self.cells, s0, s1, call_cell))
-        aux_logits = aux_logits[0] if aux_logits else None
+        aux_logits = None
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, drop_prob, training=training)
+            if i == self.aux_index and self.auxiliary and training and return_aux:
+                aux_logits = self.auxiliary_head(s1, training=training)
+        logits = self.classifier(s1)
         return (logits, aux_logits) if return_aux else logits
 
     def count_params(self, include_auxiliary=True) -> int:

@@ -39,8 +39,7 @@ class Op(keras.layers.Layer):
 
     An op whose first step is a ReLU of its input sets `starts_with_relu` and takes
     `input_is_relu=True` in `call`: then x is that ReLU's output already (a search mixed
-    op computes it once for all such candidates, `cells.MixedOp`; the networks once per
-    state for the two cells whose preprocessing reads it, `cells.relu_states`).
+    op computes it once for all such candidates, `cells.MixedOp`).
     """
 
     starts_with_relu = False
@@ -215,8 +214,6 @@ class Pool(Op):
 class ReLUConvBN(Op):
     """ReLU -> conv k x k (stride, padding) -> BN."""
 
-    starts_with_relu = True
-
     def __init__(self, in_channels, out_channels, kernel_size=1, stride=1, padding=0,
                  affine=True, **kwargs):
         super().__init__(**kwargs)
@@ -230,9 +227,8 @@ class ReLUConvBN(Op):
         self._bn_index = self._batch_norm("bn", self.out_channels, self.affine)
         self.built = True
 
-    def call(self, x, training=None, output_scale=None, input_is_relu=False):
-        y = kernels.conv2d(x if input_is_relu else tf.nn.relu(x), self.kernel, self.stride,
-                           self.padding)
+    def call(self, x, training=None, output_scale=None):
+        y = kernels.conv2d(tf.nn.relu(x), self.kernel, self.stride, self.padding)
         return self._bn(y, self._bn_index, training, output_scale)
 
     def get_config(self):
@@ -251,8 +247,6 @@ class FactorizedReduce(Op):
     [g * out_channels, (g + 1) * out_channels).
     """
 
-    starts_with_relu = True
-
     def __init__(self, in_channels, out_channels, affine=True, groups=1, **kwargs):
         super().__init__(**kwargs)
         if out_channels % 2:
@@ -268,8 +262,8 @@ class FactorizedReduce(Op):
         self._bn_index = self._batch_norm("bn", self.groups * self.out_channels, self.affine)
         self.built = True
 
-    def call(self, x, training=None, output_scale=None, input_is_relu=False):
-        y = kernels.factorized_reduce(x, self.kernel_1, self.kernel_2, relu=not input_is_relu)
+    def call(self, x, training=None, output_scale=None):
+        y = kernels.factorized_reduce(x, self.kernel_1, self.kernel_2)
         return self._bn(y, self._bn_index, training, output_scale)
 
     def get_config(self):

@@ -148,13 +148,11 @@ class Supernet(keras.Model):
         if self.skip_beta is not None:
             for reduction in extra:
                 extra[reduction]["skip_beta"] = tf.convert_to_tensor(self.skip_beta)
-        def call_cell(cell, r0, r1):
+        s0 = s1 = self.stem(inputs, training=training)
+        for cell in self.cells:
             weights = weights_reduce if cell.spec.reduction else weights_normal
-            return cell(r0, r1, weights, training=training, inputs_are_relu=True,
-                        **extra[cell.spec.reduction])
-
-        stem = self.stem(inputs, training=training)
-        return self.classifier(cells.relu_states(self.cells, stem, stem, call_cell))
+            s0, s1 = s1, cell(s0, s1, weights, training=training, **extra[cell.spec.reduction])
+        return self.classifier(s1)
 
     def arch_weights(self) -> dict[str, np.ndarray]:
         """softmax(alpha) per cell type (and PC-DARTS' edge weights), as numpy arrays."""

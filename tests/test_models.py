@@ -685,14 +685,13 @@ def test_strided_max_pool_is_minus_inf_padded_pooling_in_values_and_gradient(siz
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_mixed_op_shares_its_candidates_relu_with_the_same_values_and_derivatives(stride):
-    """A search mixed op takes ReLU(x) once for its candidates that start with one (the
-    separable and dilated convs, which recompute their activations in the backward pass,
-    and at stride 2 FactorizedReduce): the same output, gradients (input, alphas' weights,
-    every weight) and second derivatives as each candidate taking its own ReLU, on two
-    edges side by side."""
+    """A search mixed op takes ReLU(x) once for its four candidates that start with one
+    (the separable and dilated convs, which recompute their activations in the backward
+    pass): the same output, gradients (input, alphas' weights, every weight) and second
+    derivatives as each candidate taking its own ReLU, on two edges side by side."""
     channels, edges = 4, 2
     mixed = cells.MixedOp(channels, stride, num_inputs=edges)
-    assert sum(op.starts_with_relu for op in mixed.candidates) == 4 + (stride == 2)
+    assert sum(op.starts_with_relu for op in mixed.candidates) == 4
     rng = np.random.default_rng(2)
     inputs = [tf.constant(rng.normal(size=(3, 8, 8, channels)).astype(np.float32))
               for _ in range(edges)]
@@ -700,8 +699,9 @@ def test_mixed_op_shares_its_candidates_relu_with_the_same_values_and_derivative
     mixed(inputs, weights, training=True)  # builds the candidates
     state = [v.numpy() for v in mixed.variables]
     graph = tf.function(lambda: mixed(inputs, weights, training=True)).get_concrete_function().graph
-    # One ReLU of the input and the separable convs' second ones (one per sep_conv).
-    assert sum(op.type == "Relu" for op in graph.get_operations()) == 1 + 2
+    # One ReLU of the input, the separable convs' second ones (one per sep_conv) and, at
+    # stride 2, FactorizedReduce's own (on the strided pixels only).
+    assert sum(op.type == "Relu" for op in graph.get_operations()) == 1 + 2 + (stride == 2)
 
     def unshared(inputs, weights, training):
         x = tf.concat(inputs, axis=-1)
@@ -738,80 +738,3 @@ def test_mixed_op_shares_its_candidates_relu_with_the_same_values_and_derivative
     for s, o in zip(shared[3], own[3]):
         np.testing.assert_array_equal(s, o)
     assert np.abs(shared[2][2].numpy()).max() > 1e-3  # the weights' second derivative
-
-
-def _relu_count(fn) -> int:
-    graph = tf.function(fn).get_concrete_function().graph
-    return sum(op.type == "Relu" for op in graph.get_operations())
-
-
-@pytest.mark.parametrize("network", ["cifar", "imagenet", "supernet"])
-def test_networks_take_each_states_relu_once_for_the_two_cells_that_read_it(network):
-    """Each cell's preprocessing starts with ReLU(s0) and ReLU(s1); a state is the s1 of one
-    cell and the s0 of the next. The networks take its ReLU once for both (cells.relu_states):
-    the same logits (auxiliary ones too) bit for bit, the same gradients of the input and of
-    every weight to float32 rounding, as the reference's loop with a ReLU in every cell, and
-    one ReLU fewer per cell."""
-    rng = np.random.default_rng(5)
-    if network == "supernet":
-        model = Supernet(num_classes=3, init_channels=4, num_cells=4, num_nodes=2)
-        size = 8
-    elif network == "imagenet":
-        model = NetworkImageNet(genotypes.DARTS_V2, num_classes=3, init_channels=4, num_cells=3,
-                                auxiliary=False)
-        size = 64
-    else:
-        model = NetworkCIFAR(genotypes.DARTS_V2, num_classes=3, init_channels=4, num_cells=4,
-                             drop_path_rate=0.0)
-        size = 32
-    x = tf.constant(rng.normal(size=(2, size, size, 3)).astype(np.float32))
-    kwargs = {"return_aux": True} if network == "cifar" else {}
-    model(x, training=True, **kwargs)  # builds
-    state = [v.numpy() for v in model.variables]
-
-    def per_cell_relu(x, training=True):
-        """The reference's loop: every cell takes the ReLUs of its own inputs."""
-        if network == "imagenet":
-            s0, s1 = model.stem(x, training=training)
-        else:
-            s0 = s1 = model.stem(x, training=training)
-        aux = None
-        for i, cell in enumerate(model.cells):
-            if network == "supernet":
-                alpha = model.alpha_reduce if cell.spec.reduction else model.alpha_normal
-                out = cell(s0, s1, tf.nn.softmax(tf.convert_to_tensor(alpha), axis=-1),
-                           training=training)
-            else:
-                out = cell(s0, s1, tf.convert_to_tensor(model.drop_path_prob), training=training)
-            s0, s1 = s1, out
-            if network == "cifar" and i == model.aux_index:
-                aux = model.auxiliary_head(s1, training=training)
-        logits = model.classifier(s1)
-        return (logits, aux) if network == "cifar" else logits
-
-    def run(call):
-        for v, value in zip(model.variables, state):
-            v.assign(value)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            out = call(x, training=True)
-            outputs = out if isinstance(out, tuple) else (out,)
-            loss = tf.add_n([tf.reduce_sum(tf.sin(o)) for o in outputs])
-        grads = tape.gradient(loss, [x, *model.trainable_variables])
-        return [o.numpy() for o in outputs], [tf.convert_to_tensor(g).numpy() for g in grads]
-
-    shared_out, shared_grads = run(lambda x, training: model(x, training=training, **kwargs))
-    own_out, own_grads = run(per_cell_relu)
-    for shared, own in zip(shared_out, own_out):
-        np.testing.assert_array_equal(shared, own)
-    assert len(shared_grads) == len(own_grads) == 1 + len(model.trainable_variables)
-    for shared, own in zip(shared_grads, own_grads):
-        np.testing.assert_allclose(shared, own, rtol=1e-5, atol=1e-6 * max(1.0, np.abs(own).max()))
-    assert np.abs(shared_grads[0]).max() > 0
-    num_cells = len(model.cells)
-    fewer = (_relu_count(lambda: per_cell_relu(x)) -
-             _relu_count(lambda: model(x, training=True, **kwargs)))
-    # Two ReLUs per cell before; now one per state that a cell reads: the stem's output(s)
-    # (one output is both s0 and s1 of the first cell; ImageNet's stem has two) and every
-    # cell's but the last.
-    assert fewer == 2 * num_cells - ((2 if network == "imagenet" else 1) + num_cells - 1)
