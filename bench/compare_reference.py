@@ -456,7 +456,7 @@ def kinds_table(reference: dict, ours: dict) -> str:
             lines.append(f"| {kind} | {r:.2f} | {o:.2f} | {ratio(r, o)} |")
     lines.append(f"| outside the ops (Python, the autograd engine's loop) | "
                  f"{reference['outside_ops_s_per_step']:.2f} | - | - |")
-    lines.append(f"| **step (wall)** | {reference['wall_s_per_step']:.2f} | "
+    lines.append(f"| **step (wall), profiled** | {reference['wall_s_per_step']:.2f} | "
                  f"{ours['wall_s_per_step']:.2f} | "
                  f"{ratio(reference['wall_s_per_step'], ours['wall_s_per_step'])} |")
     plain = reference.get("unprofiled_step_s"), ours.get("unprofiled_step_s")

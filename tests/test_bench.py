@@ -229,6 +229,6 @@ def test_kinds_table_gives_each_kind_on_both_sides_and_the_reference_outside_its
                          "| reductions | 0.01 | 0.00 | - |",  # a ratio of noise: none
                          "| relu | 0.00 | 0.30 | - |",
                          "| outside the ops (Python, the autograd engine's loop) | 0.50 | - | - |",
-                         "| **step (wall)** | 12.00 | 3.00 | 4.00x |",
+                         "| **step (wall), profiled** | 12.00 | 3.00 | 4.00x |",
                          "| step without the profiler (the warm-up's second) | 10.00 | 2.50 |"
                          " 4.00x |"]
