@@ -52,13 +52,14 @@ class RetrainConfig(ConfigIO):
     deterministic: bool = False           # tf.config.experimental.enable_op_determinism
     strategy: str = "default"             # default | mirrored | multi_worker
     graph_optimization: str = "auto"      # auto | fast | full (trainers.runtime.distribute)
+    recompute: bool = False               # memory: the sep/dil convs recompute in backward
     step_cache: str = "auto"              # auto | off | a directory (trainers.runtime.step_cache)
     eval_batch_size: int = 256
     checkpoint_every: int = 200           # steps between checkpoints (and at each epoch end)
     log_every: int = 50                   # steps between log lines / TensorBoard points
 
     RESUMABLE_CHANGES = frozenset({"log_every", "checkpoint_every", "eval_batch_size",
-                                   "genotype", "data_dir", "step_cache"})
+                                   "genotype", "data_dir", "step_cache", "recompute"})
 
     def __post_init__(self):
         check_each(self, ("init_channels", "num_cells", "epochs", "batch_size", "lr_decay_epochs",
@@ -81,7 +82,8 @@ class RetrainConfig(ConfigIO):
               "'cifar' or 'imagenet'")
         check(self.lr_schedule in ("cosine", "step"), "lr_schedule", self.lr_schedule,
               "'cosine' or 'step'")
-        check_each(self, ("auxiliary", "augment"), lambda v: isinstance(v, bool), "True or False")
+        check_each(self, ("auxiliary", "augment", "recompute"), lambda v: isinstance(v, bool),
+                   "True or False")
         check_execution(self)
         check(isinstance(self.genotype, str) and bool(self.genotype.strip()), "genotype",
               self.genotype, "a non-empty string")

@@ -270,9 +270,12 @@ class SearchCell(keras.layers.Layer):
 
 
 class FixedCell(keras.layers.Layer):
-    """A cell of a genotype: two chosen ops per node, drop path on all but identity."""
+    """A cell of a genotype: two chosen ops per node, drop path on all but identity.
 
-    def __init__(self, spec: CellSpec, op_names, indices, concat, **kwargs):
+    `recompute`: the separable and dilated convs keep only their inputs for the backward
+    pass and recompute the rest there (`kernels.relu_depthwise_pointwise`)."""
+
+    def __init__(self, spec: CellSpec, op_names, indices, concat, recompute=False, **kwargs):
         super().__init__(**kwargs)
         # Children are created here (not traced in build): nest their variable paths.
         with keras.name_scope(self.name):
@@ -283,7 +286,8 @@ class FixedCell(keras.layers.Layer):
             for k, (name, index) in enumerate(zip(self.op_names, self.indices)):
                 stride = 2 if spec.reduction and index < 2 else 1
                 self.ops.append(ops.make_op(name, spec.channels, stride, affine=True,
-                                            name=f"node_{k // 2 + 2}_{k % 2}_{name}"))
+                                            name=f"node_{k // 2 + 2}_{k % 2}_{name}",
+                                            recompute=recompute))
             self.seed_generator = keras.random.SeedGenerator(0, name="drop_path_seed")
             self.built = True
 

@@ -10,6 +10,11 @@ Drop path: `drop_path_rate` is the final rate; the current one is the
 non-trainable variable `drop_path_prob` (the retrain loop ramps it linearly over
 the epochs as the reference does), read inside the traced step so changing it
 never retraces.
+
+Memory: `recompute=True` makes the separable and dilated convs keep only their inputs for
+the backward pass and recompute their ReLU and depthwise outputs there, as the search ops
+do. The same values and gradients; NetworkCIFAR DARTS_V2 at batch 96 peaked at 5.2-5.3 GB
+instead of 6.95 GB, for 10-13% more time per step (BENCHMARKS.md, 2026-12-03).
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ class _FixedNetwork(keras.Model):
     _imagenet = False
 
     def __init__(self, genotype, num_classes, init_channels, num_cells, auxiliary,
-                 drop_path_rate, input_channels=3, **kwargs):
+                 drop_path_rate, input_channels=3, recompute=False, **kwargs):
         super().__init__(**kwargs)
         # Children are created here (not traced in build): nest their variable paths.
         with keras.name_scope(self.name):
@@ -37,12 +42,16 @@ class _FixedNetwork(keras.Model):
                 if not isinstance(value, int) or isinstance(value, bool) or value < low:
                     raise ValueError(f"{type(self).__name__}: {name} must be an integer >= {low}. "
                                      f"Received: {name}={value!r}")
+            if not isinstance(recompute, bool):
+                raise ValueError(f"{type(self).__name__}: recompute must be True or False. "
+                                 f"Received: recompute={recompute!r}")
             if not 0.0 <= float(drop_path_rate) < 1.0:
                 raise ValueError(f"{type(self).__name__}: drop_path_rate must be in [0, 1). "
                                  f"Received: drop_path_rate={drop_path_rate!r}")
             self.genotype, self.num_classes, self.init_channels = genotype, num_classes, init_channels
             self.num_cells, self.auxiliary, self.input_channels = num_cells, bool(auxiliary), input_channels
             self.drop_path_rate = float(drop_path_rate)
+            self.recompute = recompute
             multiplier = len(genotype.normal_concat)
             if self._imagenet:
                 self.stem = ImageNetStem(input_channels, init_channels, name="stem")
@@ -58,7 +67,7 @@ class _FixedNetwork(keras.Model):
                 pairs, concat = ((genotype.reduce, genotype.reduce_concat) if spec.reduction
                                  else (genotype.normal, genotype.normal_concat))
                 self.cells.append(cells.FixedCell(spec, [p[0] for p in pairs], [p[1] for p in pairs],
-                                                  concat, name=f"cell_{i}"))
+                                                  concat, recompute=recompute, name=f"cell_{i}"))
             self.aux_index = 2 * num_cells // 3
             if self.auxiliary:
                 aux_channels = multiplier * layout[self.aux_index].channels
@@ -105,7 +114,8 @@ class _FixedNetwork(keras.Model):
         return {"name": self.name, "genotype": self.genotype.to_dict(),
                 "num_classes": self.num_classes, "init_channels": self.init_channels,
                 "num_cells": self.num_cells, "auxiliary": self.auxiliary,
-                "drop_path_rate": self.drop_path_rate, "input_channels": self.input_channels}
+                "drop_path_rate": self.drop_path_rate, "input_channels": self.input_channels,
+                "recompute": self.recompute}
 
     @classmethod
     def from_config(cls, config):
@@ -119,9 +129,9 @@ class NetworkCIFAR(_FixedNetwork):
     """The CIFAR evaluation network (reference: C=36, 20 cells, auxiliary head after cell 13)."""
 
     def __init__(self, genotype, num_classes=10, init_channels=36, num_cells=20, auxiliary=True,
-                 drop_path_rate=0.2, input_channels=3, **kwargs):
+                 drop_path_rate=0.2, input_channels=3, recompute=False, **kwargs):
         super().__init__(genotype, num_classes, init_channels, num_cells, auxiliary,
-                         drop_path_rate, input_channels, **kwargs)
+                         drop_path_rate, input_channels, recompute, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="darts_tf")
@@ -131,6 +141,7 @@ class NetworkImageNet(_FixedNetwork):
     _imagenet = True
 
     def __init__(self, genotype, num_classes=1000, init_channels=48, num_cells=14,
-                 auxiliary=True, drop_path_rate=0.0, input_channels=3, **kwargs):
+                 auxiliary=True, drop_path_rate=0.0, input_channels=3, recompute=False,
+                 **kwargs):
         super().__init__(genotype, num_classes, init_channels, num_cells, auxiliary,
-                         drop_path_rate, input_channels, **kwargs)
+                         drop_path_rate, input_channels, recompute, **kwargs)

@@ -353,42 +353,48 @@ def _skip(channels, stride, affine, name, groups):
     return FactorizedReduce(channels, channels, affine=affine, groups=groups, name=name)
 
 
-# name -> factory(channels, stride, affine, search, name, groups), in the order of
+# name -> factory(channels, stride, affine, search, name, groups, recompute), in the order of
 # `genotype.PRIMITIVES` (the alpha columns). `search=True` adds the BN(affine=False) the
-# reference's search MixedOp puts after each pooling op, and makes the convs recompute their
-# ReLU and depthwise outputs in the backward pass (memory: see
-# `kernels.relu_depthwise_pointwise`; the fixed networks keep them, for speed). `groups`
-# = G builds G independent copies of the op that run side by side on the channel axis
-# (the search cell batches the edges into a node this way: far fewer graph ops to trace).
+# reference's search MixedOp puts after each pooling op. `recompute=True` makes the convs
+# recompute their ReLU and depthwise outputs in the backward pass (memory: see
+# `kernels.relu_depthwise_pointwise`); the search ops do, the fixed networks only when asked
+# (`recompute=True`: less memory, more time). `groups` = G builds G independent copies of
+# the op that run side by side on the channel axis (the search cell batches the edges into
+# a node this way: far fewer graph ops to trace).
 OPS: dict[str, Callable[..., Op]] = {
-    "none": lambda c, s, affine, search, name, g: Zero(s, name=name),
-    "max_pool_3x3": lambda c, s, affine, search, name, g: Pool("max", c, s, search, g, name=name),
-    "avg_pool_3x3": lambda c, s, affine, search, name, g: Pool("avg", c, s, search, g, name=name),
-    "skip_connect": lambda c, s, affine, search, name, g: _skip(c, s, affine, name, g),
-    "sep_conv_3x3": lambda c, s, affine, search, name, g: SepConv(c, 3, s, affine, g, search,
+    "none": lambda c, s, affine, search, name, g, r: Zero(s, name=name),
+    "max_pool_3x3": lambda c, s, affine, search, name, g, r: Pool("max", c, s, search, g,
                                                                   name=name),
-    "sep_conv_5x5": lambda c, s, affine, search, name, g: SepConv(c, 5, s, affine, g, search,
+    "avg_pool_3x3": lambda c, s, affine, search, name, g, r: Pool("avg", c, s, search, g,
                                                                   name=name),
-    "dil_conv_3x3": lambda c, s, affine, search, name, g: DilConv(c, 3, s, 2, affine, g, search,
-                                                                  name=name),
-    "dil_conv_5x5": lambda c, s, affine, search, name, g: DilConv(c, 5, s, 2, affine, g, search,
-                                                                  name=name),
+    "skip_connect": lambda c, s, affine, search, name, g, r: _skip(c, s, affine, name, g),
+    "sep_conv_3x3": lambda c, s, affine, search, name, g, r: SepConv(c, 3, s, affine, g, r,
+                                                                     name=name),
+    "sep_conv_5x5": lambda c, s, affine, search, name, g, r: SepConv(c, 5, s, affine, g, r,
+                                                                     name=name),
+    "dil_conv_3x3": lambda c, s, affine, search, name, g, r: DilConv(c, 3, s, 2, affine, g, r,
+                                                                     name=name),
+    "dil_conv_5x5": lambda c, s, affine, search, name, g, r: DilConv(c, 5, s, 2, affine, g, r,
+                                                                     name=name),
 }
 
 
 def make_op(op_name: str, channels: int, stride: int, affine: bool, search: bool = False,
-            name: str | None = None, groups: int = 1) -> Op:
+            name: str | None = None, groups: int = 1, recompute: bool | None = None) -> Op:
     """Builds primitive `op_name` (one of `OPS`) on `channels` channels, already built.
 
     With `groups` = G the op takes G inputs of `channels` channels concatenated on the
     channel axis and computes G independent copies of itself (one per input).
+    `recompute`: whether the separable and dilated convs recompute their activations in the
+    backward pass (None: as `search`).
     """
     if op_name not in OPS:
         raise ValueError(f"Unknown op; expected one of {sorted(OPS)}. "
                          f"Received: op_name={op_name!r}")
     if stride not in (1, 2):
         raise ValueError(f"Op stride must be 1 or 2. Received: stride={stride}")
-    op = OPS[op_name](channels, stride, affine, search, name, groups)
+    op = OPS[op_name](channels, stride, affine, search, name, groups,
+                      search if recompute is None else bool(recompute))
     op.build(None)
     return op
 

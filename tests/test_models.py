@@ -738,3 +738,50 @@ def test_mixed_op_shares_its_candidates_relu_with_the_same_values_and_derivative
     for s, o in zip(shared[3], own[3]):
         np.testing.assert_array_equal(s, o)
     assert np.abs(shared[2][2].numpy()).max() > 1e-3  # the weights' second derivative
+
+
+def test_fixed_network_recompute_keeps_values_and_gradients_and_recomputes_each_block():
+    """NetworkCIFAR(recompute=True): the separable and dilated convs keep only their inputs for
+    the backward pass and recompute the rest there (less memory): the same loss and
+    gradients as without (to float32 rounding: the two graphs' kernels may order their
+    sums differently), one more depthwise conv per ReLU-depthwise-pointwise block in the
+    traced gradient, and the option in the model's config."""
+    kwargs = dict(num_classes=3, init_channels=4, num_cells=3, auxiliary=False,
+                  drop_path_rate=0.0)
+    kept = NetworkCIFAR(genotypes.DARTS_V2, **kwargs)
+    again = NetworkCIFAR(genotypes.DARTS_V2, recompute=True, **kwargs)
+    x = tf.constant(np.random.default_rng(4).normal(size=(2, 16, 16, 3)).astype(np.float32))
+    kept(x), again(x)
+    again.set_weights(kept.get_weights())
+
+    def step(model):
+        @tf.function
+        def run():
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(tf.sin(model(x, training=True)))
+            return loss, tape.gradient(loss, [x, *model.trainable_variables])
+        return run
+
+    results = [step(model)() for model in (kept, again)]
+    np.testing.assert_allclose(float(results[1][0]), float(results[0][0]), rtol=1e-5)
+    grads = [[tf.convert_to_tensor(g).numpy() for g in r[1]] for r in results]
+    # Against the largest gradient: some are zero in exact arithmetic (an offset followed by a
+    # batch norm) and only rounding noise here.
+    scale = max(np.abs(g).max() for g in grads[0])
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * scale)
+
+    def depthwise_convs(model):
+        graph = step(model).get_concrete_function().graph
+        return sum(op.type == "DepthwiseConv2dNative" for op in graph.get_operations())
+    blocks = sum({"SepConv": 2, "DilConv": 1}.get(type(op).__name__, 0)
+                 for cell in again.cells for op in cell.ops)
+    # DARTS_V2 with 3 cells has one normal cell (cells 1 and 2 reduce, with pools and skips
+    # only): 5 separable convs of two blocks each and a dilated conv.
+    assert blocks == 5 * 2 + 1
+    assert depthwise_convs(again) - depthwise_convs(kept) == blocks
+    assert again.get_config()["recompute"] is True and kept.get_config()["recompute"] is False
+    assert NetworkCIFAR.from_config(again.get_config()).recompute is True
+    with pytest.raises(ValueError, match="recompute=1"):
+        NetworkCIFAR(genotypes.DARTS_V2, recompute=1, **kwargs)

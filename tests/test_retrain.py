@@ -277,10 +277,23 @@ def test_nan_loss_stops_naming_epoch_and_step_keeping_the_last_good_checkpoint(t
     ("batch_size", 0), ("lr", -1.0), ("lr", float("nan")), ("drop_path_rate", 1.0),
     ("strategy", "tpu"), ("network", "resnet"), ("num_cells", 2), ("init_channels", 5),
     ("lr_schedule", "linear"), ("cutout", -1), ("auxiliary", "yes"), ("genotype", ""),
+    ("recompute", 1),
 ])
 def test_invalid_config_values_are_refused_by_name(field, value):
     with pytest.raises(ConfigError, match=f"{field}="):
         RetrainConfig(**{field: value})
+
+
+def test_recompute_reaches_the_network_and_may_change_on_resumption(tmp_path):
+    """--recompute (memory for time) builds the network with recomputing convs; it changes
+    no value, so a run may be resumed with it switched."""
+    from trainers.retrain import loop  # pylint: disable=import-outside-toplevel
+    setup = loop.prepare(TINY.replace(recompute=True), str(tmp_path))
+    model = setup.model_fn()
+    convs = [op for cell in model.cells for op in cell.ops if hasattr(op, "recompute")]
+    assert model.recompute is True and convs and all(op.recompute for op in convs)
+    assert not loop.prepare(TINY, str(tmp_path)).model_fn().recompute  # the same workdir
+    assert parse_field(RetrainConfig, "recompute", "true") is True
 
 
 def test_invalid_runs_are_refused_before_writing(tmp_path):

@@ -114,7 +114,8 @@ def prepare(config, workdir, data_fn=None, eval_fn=None) -> Setup:
     model_fn = functools.partial(
         network, genotype, num_classes=spec.num_classes, init_channels=config.init_channels,
         num_cells=config.num_cells, auxiliary=config.auxiliary,
-        drop_path_rate=config.drop_path_rate, input_channels=spec.image_shape[-1])
+        drop_path_rate=config.drop_path_rate, input_channels=spec.image_shape[-1],
+        recompute=config.recompute)
     data_fn = data_fn or (lambda epoch: data.train_data(
         config.dataset, batch_size=config.batch_size, seed=config.seed, epoch=epoch,
         augment=config.augment, cutout=config.cutout, data_dir=config.data_dir,
