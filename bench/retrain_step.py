@@ -1,6 +1,6 @@
 r"""Retraining benchmark: images per second and exported-model latency.
 
-    python bench/retrain_step.py [--steps=6] [--batch=96]
+    python bench/retrain_step.py [--steps=6] [--batch=96] [--recompute]
 
 NetworkCIFAR(DARTS_V2, C=36, 20 cells, auxiliary head, drop path 0.2) trained by
 trainers/retrain/trainer.py's step (SGD, auxiliary loss, drop path) on random 32x32x3
@@ -8,7 +8,9 @@ batches of 96 (the reference recipe); then the model is exported with
 `model.export()` and the SavedModel's latency measured with plain
 `tf.saved_model.load` at batch 1 and 96 (--no-export: the step only). One JSON line:
 start-up (process start to the end of the first step), the median step, peak RSS
-during training (train_peak_rss_gb) and in all (peak_rss_gb).
+during training (train_peak_rss_gb) and in all (peak_rss_gb). --recompute: the network's
+separable and dilated convs recompute their activations in the backward pass (less memory,
+more time; `RetrainConfig.recompute`).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ os.environ.setdefault("DARTS_TF_STEP_CACHE", "off")
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def build_trainer(batch: int, graph_optimization: str = "auto"):
+def build_trainer(batch: int, graph_optimization: str = "auto", recompute: bool = False):
     """The benchmark's retraining trainer (NetworkCIFAR DARTS_V2, the paper's recipe),
     with drop path at half its final rate, as mid-run (bench/compare_reference.py times
     the same one)."""
@@ -36,9 +38,10 @@ def build_trainer(batch: int, graph_optimization: str = "auto"):
     from trainers import retrain  # pylint: disable=import-outside-toplevel
     from configs import RetrainConfig  # pylint: disable=import-outside-toplevel
 
-    config = RetrainConfig(batch_size=batch, graph_optimization=graph_optimization)
+    config = RetrainConfig(batch_size=batch, graph_optimization=graph_optimization,
+                           recompute=recompute)
     trainer = retrain.RetrainTrainer(
-        lambda: darts_tf.NetworkCIFAR(darts_tf.genotypes.DARTS_V2), config,
+        lambda: darts_tf.NetworkCIFAR(darts_tf.genotypes.DARTS_V2, recompute=recompute), config,
         tf.distribute.get_strategy(), input_shape=(32, 32, 3), num_classes=10)
     trainer.set_epoch(300)
     return trainer
@@ -49,6 +52,8 @@ def main():
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch", type=int, default=96)
     parser.add_argument("--graph_optimization", default="auto", help="auto | fast | full")
+    parser.add_argument("--recompute", action="store_true",
+                        help="the convs recompute their activations in the backward pass")
     parser.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
                         help="export and time the SavedModel (--no-export: the step only, "
                         "as bench/compare_reference.py compares it)")
@@ -60,7 +65,7 @@ def main():
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import proc_clock  # pylint: disable=import-outside-toplevel
 
-    trainer = build_trainer(args.batch, args.graph_optimization)
+    trainer = build_trainer(args.batch, args.graph_optimization, args.recompute)
     rng = np.random.default_rng(0)
     times = []
     for _ in range(args.steps):
@@ -88,7 +93,7 @@ def main():
                     runs.append(time.time() - start)
                 latency[f"latency_ms_batch_{batch}"] = round(1000 * float(np.median(runs)), 1)
     print(json.dumps({"model": "NetworkCIFAR DARTS_V2 C=36 cells=20 aux drop_path",
-                      "batch": args.batch, "startup_s": round(startup, 2),
+                      "batch": args.batch, "recompute": args.recompute, "startup_s": round(startup, 2),
                       "first_step_s": round(times[0], 1), "step_s_median": round(step, 2),
                       "step_loads": trainer.step_loads,
                       "images_per_s": round(args.batch / step, 1), **latency,
