@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import resource
+import statistics
 import time
 
 
@@ -57,13 +58,15 @@ def cpu_flags() -> set[str]:
 
 
 def median_ms(fn, repeats: int) -> float:
-    """Median wall milliseconds of `fn()` over `repeats` calls after one warm-up call. Its
-    result (a tensor, or a list or tuple of them) is fetched (`.numpy()`) inside the timing,
-    so that the time includes the work and not only its dispatch."""
+    """Median wall milliseconds of `fn()` over `repeats` calls after one warm-up call (of an
+    even count: the mean of the middle two). A result that is a tensor, or a list or tuple
+    of them, is fetched (`.numpy()`) inside the timing, so that the time includes the work
+    and not only its dispatch; other results (numpy arrays) are taken as they are."""
     def call():
         result = fn()
-        for tensor in result if isinstance(result, (list, tuple)) else [result]:
-            tensor.numpy()
+        for value in result if isinstance(result, (list, tuple)) else [result]:
+            if hasattr(value, "numpy"):
+                value.numpy()
 
     call()
     times = []
@@ -71,4 +74,4 @@ def median_ms(fn, repeats: int) -> float:
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1e3
+    return statistics.median(times) * 1e3

@@ -19,23 +19,17 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-
-def _median_ms(call, calls):
-    call()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
+import proc_clock  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def _untrained(network: str, workdir: Path) -> Path:
@@ -68,7 +62,7 @@ def _measure(name, saved_model, workdir, calls, evaluate_on=None, random_shape=N
     one = tf.zeros((1, *spec.image_shape))
     row = {"model": name, "format": "SavedModel float32",
            "size_bytes": evaluate.size_on_disk(saved_model),
-           "latency_ms_per_image": _median_ms(lambda: serve(one).numpy(), calls)}
+           "latency_ms_per_image": proc_clock.median_ms(lambda: serve(one), calls)}
     if evaluate_on:
         row["top1"] = evaluate.evaluate_saved_model(str(saved_model), evaluate_on)["top1"]
     rows.append(row)
@@ -84,7 +78,7 @@ def _measure(name, saved_model, workdir, calls, evaluate_on=None, random_shape=N
         image = np.zeros((1, *spec.image_shape), np.uint8)
         row = {"model": name, "format": f"LiteRT {quantize if quantize != 'none' else 'float32'}",
                "size_bytes": output.stat().st_size, "convert_s": round(seconds, 1),
-               "latency_ms_per_image": _median_ms(lambda: model(image), calls)}
+               "latency_ms_per_image": proc_clock.median_ms(lambda: model(image), calls)}
         if evaluate_on:
             row["top1"] = evaluate.evaluate_tflite(str(output), evaluate_on)["top1"]
         rows.append(row)
