@@ -20,6 +20,10 @@ search step each (the architecture step on a validation batch, then the weight s
 gradient clipping), the reference's hyperparameters on both sides. `--retrain` adds the
 retraining step (NetworkCIFAR DARTS_V2, C=36, 20 cells, auxiliary head, drop path 0.1,
 batch 96; quark0's train.py against trainers/retrain's step, without the export).
+`--retrain_recompute` adds the same with our retraining's `--recompute` (RetrainConfig.recompute:
+the separable and dilated convs recompute their activations in the backward pass, less memory
+for more time; the reference's step is the same as for `--retrain`), as config
+`retrain_recompute,96`.
 
 Both sides draw the same batches (numpy default_rng(0), NHWC here and transposed to NCHW
 for torch), each configuration runs in a fresh process per side, and the sides alternate
@@ -71,6 +75,9 @@ import proc_clock  # noqa: E402  pylint: disable=wrong-import-position
 
 DEFAULT_CONFIGS = ("first_order,16", "second_order_fd,16", "first_order,64", "second_order_fd,64")
 ORDERS = ("first_order", "second_order_fd")
+# Retraining configurations: the reference's train.py step against ours, plain or with
+# RetrainConfig.recompute (the reference's side is the same for both).
+RETRAIN_KINDS = {"retrain": False, "retrain_recompute": True}
 # The reference's search hyperparameters (train_search.py's defaults), used on both sides.
 LR, MOMENTUM, WEIGHT_DECAY, ARCH_LR, ARCH_WEIGHT_DECAY, GRAD_CLIP = (
     0.025, 0.9, 3e-4, 3e-4, 1e-3, 5.0)
@@ -280,9 +287,9 @@ def ours_step(config: str, steps: int):
 
     def tensors(x, y):
         return tf.constant(x), tf.constant(y.astype(np.int32))
-    if kind == "retrain":
+    if kind in RETRAIN_KINDS:
         import retrain_step  # pylint: disable=import-outside-toplevel  (beside this script)
-        trainer = retrain_step.build_trainer(batch)
+        trainer = retrain_step.build_trainer(batch, recompute=RETRAIN_KINDS[kind])
 
         def step(x, y):
             return trainer.train_step(tensors(x, y))["loss"]
@@ -335,10 +342,11 @@ def _command(side: str, config: str, args, lockstep: bool = False) -> list[str]:
     if side == "reference":
         return [args.torch_python, os.path.abspath(__file__), f"--child={config}",
                 f"--reference_dir={args.reference_dir}", f"--steps={args.steps}"]
-    if config.startswith("retrain"):
-        batch = config.split(",")[1]
+    kind, batch = config.split(",")
+    if kind in RETRAIN_KINDS:
         return [sys.executable, os.path.join(HERE, "retrain_step.py"), f"--batch={batch}",
-                f"--steps={args.steps}", "--no-export"]
+                f"--steps={args.steps}", "--no-export",
+                *(["--recompute"] if RETRAIN_KINDS[kind] else [])]
     return [sys.executable, os.path.join(HERE, "search_step.py"), f"--one={config}",
             f"--steps={args.steps}"]
 
@@ -560,6 +568,9 @@ def main(argv=None):
                         help="ORDER,BATCH with ORDER in " + ", ".join(ORDERS))
     parser.add_argument("--retrain", action="store_true",
                         help="also the retraining step at batch 96 (config retrain,96)")
+    parser.add_argument("--retrain_recompute", action="store_true",
+                        help="also the retraining step with our --recompute (config "
+                        "retrain_recompute,96; the reference's step is the same)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4, help="steps per run (the first is "
                         "start-up; the median is over the others)")
@@ -586,7 +597,7 @@ def main(argv=None):
             serve_steps(*ours_step(args.child, args.steps))
             return
         steps = args.steps + 2 if args.profile else args.steps  # --profile: 2 warm-up steps
-        if kind == "retrain":
+        if kind in RETRAIN_KINDS:
             torch, step, inputs = reference_retrain_step(args.reference_dir, int(batch), steps)
         else:
             torch, step, inputs = reference_search_step(args.reference_dir, kind, int(batch),
@@ -603,7 +614,8 @@ def main(argv=None):
         order, _, batch = config.partition(",")
         if order not in ORDERS or not batch.isdigit():
             parser.error(f"--configs: {config!r} is not ORDER,BATCH with ORDER in {ORDERS}")
-    configs = list(args.configs) + (["retrain,96"] if args.retrain else [])
+    configs = (list(args.configs) + (["retrain,96"] if args.retrain else [])
+               + (["retrain_recompute,96"] if args.retrain_recompute else []))
     header = {"machine": proc_clock.cpu_model(), "uptime_before": _uptime(),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "command": " ".join([os.path.basename(sys.executable), *sys.argv]),

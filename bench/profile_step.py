@@ -10,7 +10,8 @@ of trainers/search/trainer.py, on random batches, as bench/search_step.py times 
 
 --what=profile: two warm-up steps (the second timed: `unprofiled_step_s`), then `--steps`
   steps under TensorFlow's profiler
-  (`--config=retrain[,BATCH]`: bench/retrain_step.py's retraining step instead).
+  (`--config=retrain[,BATCH]`: bench/retrain_step.py's retraining step instead;
+  `retrain_recompute[,BATCH]`: the same with `--recompute`).
   The op events of the executor's threads (xplane) are summed by op type (oneDNN's
   _Mkl prefixes removed) and grouped into kinds (depthwise convolution, convolution,
   batch norm, pooling, element-wise, data movement, reductions, ...). Printed: each
@@ -259,15 +260,16 @@ def memory_at_peak(space) -> tuple[float | None, collections.Counter]:
 
 def _retrain_stepper(config_text: str):
     """`retrain[,BATCH]`: bench/retrain_step.py's trainer (NetworkCIFAR DARTS_V2, C=36, 20
-    cells, auxiliary head, drop path; batch 96 unless given) and its step."""
+    cells, auxiliary head, drop path; batch 96 unless given) and its step;
+    `retrain_recompute[,BATCH]` the same with `--recompute`."""
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     import retrain_step  # pylint: disable=import-outside-toplevel
 
-    _, *batch = config_text.split(",")
+    kind, *batch = config_text.split(",")
     batch = int(batch[0]) if batch else 96
-    trainer = retrain_step.build_trainer(batch)
+    trainer = retrain_step.build_trainer(batch, recompute=kind == "retrain_recompute")
     rng = np.random.default_rng(0)
 
     def batches():
@@ -278,7 +280,7 @@ def _retrain_stepper(config_text: str):
 
 def _stepper(config_text: str):
     """The step to profile and a function giving its next arguments."""
-    if config_text.split(",")[0] == "retrain":
+    if config_text.split(",")[0] in ("retrain", "retrain_recompute"):
         return _retrain_stepper(config_text)
     trainer, pair, _ = _trainer(config_text)
     return trainer.step, pair
@@ -322,7 +324,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--what", choices=("profile", "startup", "ops"), required=True)
     parser.add_argument("--config", default="first_order,16",
-                        help="ORDER,BATCH[,METHOD]; --what=profile also takes retrain[,BATCH]")
+                        help="ORDER,BATCH[,METHOD]; --what=profile also takes "
+                        "retrain[,BATCH] and retrain_recompute[,BATCH]")
     parser.add_argument("--steps", type=int, default=2, help="profiled steps")
     parser.add_argument("--top", type=int, default=15, help="op types listed")
     parser.add_argument("--xplane", help="--what=profile: summarise this saved trace "

@@ -193,6 +193,23 @@ def test_step_cache_modes_reach_our_children_through_the_environment(monkeypatch
     assert args.steps == 4
 
 
+def test_retrain_recompute_reaches_our_retraining_only():
+    """--retrain_recompute: our side runs retrain_step.py with --recompute, the reference's
+    side the same retraining step as --retrain (it has no such option)."""
+    args = compare_reference.argparse.Namespace(
+        steps=3, torch_python="/torch/python", reference_dir="/ref/cnn")
+    command = compare_reference._command  # pylint: disable=protected-access
+    ours = command("ours", "retrain_recompute,96", args)
+    assert os.path.basename(ours[1]) == "retrain_step.py"
+    assert ours[2:] == ["--batch=96", "--steps=3", "--no-export", "--recompute"]
+    assert command("ours", "retrain,96", args)[2:] == ["--batch=96", "--steps=3", "--no-export"]
+    assert command("reference", "retrain_recompute,96", args)[2:] == [
+        "--child=retrain_recompute,96", "--reference_dir=/ref/cnn", "--steps=3"]
+    lockstep = command("ours", "retrain_recompute,96", args, lockstep=True)
+    assert lockstep[2:4] == ["--child=retrain_recompute,96", "--lockstep"]
+    assert compare_reference.RETRAIN_KINDS == {"retrain": False, "retrain_recompute": True}
+
+
 def test_reference_kinds_split_convolutions_by_their_weight():
     """--profile: aten ops into bench/profile_step.py's kinds; a conv is depthwise when its
     weight (the forward's second input, convolution_backward's third) is (C, 1, k, k), k > 1."""
