@@ -24,6 +24,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import darts_tf  # noqa: E402,F401  (before TensorFlow: it sets its oneDNN default)
 
 import proc_clock  # noqa: E402  pylint: disable=wrong-import-position
 

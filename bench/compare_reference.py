@@ -276,11 +276,11 @@ def ours_step(config: str, steps: int):
     """(step(*tensors) -> loss tensor, the inputs of `steps` steps) as search_step.py
     (`--one`) and retrain_step.py (`--no-export`) build them; the inputs are `batches()`'
     batches as tensors, made when the generator is advanced."""
+    sys.path.insert(1, os.path.dirname(HERE))  # the repository's root
+    # Before TensorFlow: search_step imports darts_tf, which sets TensorFlow's oneDNN default.
+    import search_step  # pylint: disable=import-outside-toplevel  (beside this script)
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
-    sys.path.insert(1, os.path.dirname(HERE))  # the repository's root
-    import search_step  # pylint: disable=import-outside-toplevel  (beside this script)
 
     kind, batch = config.split(",")
     batch = int(batch)

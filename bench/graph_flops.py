@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 
 import numpy as np
+import darts_tf  # noqa: F401  (before TensorFlow: it sets its oneDNN default)
 import tensorflow as tf
 from tensorflow.python.framework import ops as tf_ops
 

@@ -31,6 +31,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import darts_tf  # noqa: E402,F401  (before TensorFlow: it sets its oneDNN default)
 
 
 def _uptime() -> str:

@@ -46,6 +46,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import darts_tf  # noqa: E402,F401  (before TensorFlow: it sets its oneDNN default)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("DARTS_TF_STEP_CACHE", "off")  # a cold start unless told otherwise
 

@@ -54,6 +54,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("DARTS_TF_STEP_CACHE", "off")
 # The repository's root, so that darts_tf, trainers and configs import without installing.
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import darts_tf  # noqa: E402,F401  (before TensorFlow: it sets its oneDNN default)
 
 ORDERS = {"first_order": {"unrolled": False},
           "second_order_fd": {"unrolled": True, "hessian": "finite_difference"},

@@ -25,6 +25,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import darts_tf  # noqa: E402,F401  (before TensorFlow: it sets its oneDNN default)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -9,10 +9,40 @@ Public names:
 
 Names are imported on first access (PEP 562), so `import darts_tf` is cheap and
 the genotype names work without TensorFlow or Keras; the models import them.
+Importing darts_tf before TensorFlow turns TensorFlow's oneDNN CPU kernels on for x86
+CPUs where TensorFlow leaves them off (`TF_ENABLE_ONEDNN_OPTS=1` unless already set;
+see `_prefer_onednn`).
 A `.keras` file of a darts_tf model loads once its class has been imported
 (e.g. after `from darts_tf import NetworkCIFAR`): Keras finds it by registered name.
 """
 import importlib
+import os
+import platform
+import sys
+
+
+def _on_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def _prefer_onednn() -> None:
+    """Turns on TensorFlow's oneDNN CPU kernels on x86 CPUs, unless the user chose.
+
+    TensorFlow turns them on by default only on x86 CPUs with AVX-512 VNNI or BF16, AVX-VNNI
+    or AMX;
+    elsewhere (AVX2 CPUs: most AMD EPYCs before Zen 4, older Intel Xeons) it runs its Eigen
+    kernels, with which the search step took 2.3x and the retraining step 1.9x as long
+    (BENCHMARKS.md, "oneDNN on CPUs without AVX-512"). TensorFlow reads the setting once,
+    when it is imported, so it is set here, before darts_tf imports TensorFlow; after
+    TensorFlow has been imported it is too late, and `kernels.onednn_enabled` warns when
+    the kernels are off. `TF_ENABLE_ONEDNN_OPTS=0` (or 1) in the environment wins.
+    """
+    if "TF_ENABLE_ONEDNN_OPTS" in os.environ or "tensorflow" in sys.modules or not _on_x86():
+        return
+    os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
+
+
+_prefer_onednn()
 
 # name -> the module that defines it; a name that is its own module is a submodule.
 _LAZY = {

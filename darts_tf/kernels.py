@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import logging
+import os
 import threading
 import weakref
 
@@ -27,6 +29,10 @@ import tensorflow as tf
 # For `custom_gradient`: the gradient tape's recording and TensorFlow's gradient registry.
 from tensorflow.python.eager import record as _record  # pylint: disable=no-name-in-module
 from tensorflow.python.framework import ops as _tf_ops  # pylint: disable=no-name-in-module
+
+import darts_tf
+
+logger = logging.getLogger(__name__)
 
 _GRAPH_CONSTANTS = weakref.WeakKeyDictionary()
 _LOCAL = threading.local()
@@ -100,12 +106,25 @@ def graph_constant(value: float, channels: int) -> tf.Tensor:
 
 @functools.lru_cache(maxsize=None)
 def onednn_enabled() -> bool:
-    """Whether TensorFlow runs its CPU ops with oneDNN (off with TF_ENABLE_ONEDNN_OPTS=0)."""
+    """Whether TensorFlow runs its CPU ops with oneDNN (off with TF_ENABLE_ONEDNN_OPTS=0).
+
+    Warns (once) when they are off on an x86 CPU without the user having asked for it:
+    TensorFlow was imported before darts_tf, on a CPU where its default is off (see
+    darts_tf/__init__.py, `_prefer_onednn`).
+    """
     try:
         from tensorflow.python.util import _pywrap_util_port  # pylint: disable=import-outside-toplevel
-        return bool(_pywrap_util_port.IsMklEnabled())
+        enabled = bool(_pywrap_util_port.IsMklEnabled())
     except (ImportError, AttributeError):  # an other build: assume the default (oneDNN on)
         return True
+    if not enabled and "TF_ENABLE_ONEDNN_OPTS" not in os.environ and darts_tf._on_x86():  # pylint: disable=protected-access
+        logger.warning(
+            "TensorFlow's oneDNN CPU kernels are off: TensorFlow was imported before darts_tf "
+            "on a CPU where its default leaves them off (no AVX-512 VNNI/BF16, AVX-VNNI or "
+            "AMX). Search and retraining steps take about twice as long without them. Set "
+            "TF_ENABLE_ONEDNN_OPTS=1 before importing TensorFlow, or import darts_tf first "
+            "(TF_ENABLE_ONEDNN_OPTS=0 keeps them off without this warning).")
+    return enabled
 
 
 def grouped_conv_as_matmul(groups: int, dtype) -> bool:

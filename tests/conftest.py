@@ -8,6 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["DARTS_TF_STEP_CACHE"] = "off"
 
 import pytest  # noqa: E402
+import darts_tf  # noqa: E402,F401  (before TensorFlow: its oneDNN setting, darts_tf/__init__.py)
 import tensorflow as tf  # noqa: E402  (after the logging setting)
 
 # Two logical CPUs, so that MirroredStrategy tests have two replicas on this machine. This must

@@ -6,6 +6,7 @@ PyTorch by tools/reference_fixtures.py, see tests/data/reference_counts.json).
 import json
 import os
 import pathlib
+import platform
 import subprocess
 import sys
 import textwrap
@@ -367,6 +368,46 @@ def test_supernet_gradients_without_onednn_equal_the_default():
         results.append(np.array(json.loads(out.stdout.strip().splitlines()[-1])))
     assert len(results[0]) > 10 and np.all(results[0][1:] > 0)
     np.testing.assert_allclose(results[1], results[0], rtol=1e-4, atol=1e-5)
+
+
+_ONEDNN_SCRIPT = """
+import json, logging, os, sys
+if sys.argv[1] == "tensorflow_first":
+    import tensorflow
+import darts_tf
+from darts_tf import kernels
+messages = []
+handler = logging.Handler()
+handler.emit = lambda record: messages.append(record.getMessage())
+logging.getLogger("darts_tf.kernels").addHandler(handler)
+print(json.dumps({"setting": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+                  "enabled": kernels.onednn_enabled(),
+                  "warned": any("TF_ENABLE_ONEDNN_OPTS=1" in m for m in messages)}))
+"""
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 only")
+@pytest.mark.parametrize("order,setting", [("darts_tf_first", None),
+                                           ("tensorflow_first", None),
+                                           ("darts_tf_first", "0")])
+def test_importing_darts_tf_first_turns_onednn_on_unless_the_user_chose(order, setting):
+    """TensorFlow leaves its oneDNN kernels off on x86 CPUs without AVX-512 VNNI/BF16,
+    AVX-VNNI or AMX (2.3x slower search steps there, BENCHMARKS.md): darts_tf, imported
+    before TensorFlow, turns them on; imported after, it cannot, and warns if they are off;
+    the user's own TF_ENABLE_ONEDNN_OPTS wins, without a warning."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if setting is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = setting
+    out = subprocess.run([sys.executable, "-c", _ONEDNN_SCRIPT, order], env=env, text=True,
+                         capture_output=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if setting == "0":
+        assert result == {"setting": "0", "enabled": False, "warned": False}
+    elif order == "darts_tf_first":
+        assert result == {"setting": "1", "enabled": True, "warned": False}
+    else:  # TensorFlow's own default for this CPU: a warning exactly when it is off
+        assert result["setting"] is None and result["warned"] == (not result["enabled"])
 
 
 @pytest.mark.parametrize("cls,kwargs,size", [

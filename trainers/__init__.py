@@ -10,3 +10,6 @@
 
 See docs/ARCHITECTURE.md for the path from flags to a SavedModel.
 """
+# Before any stage imports TensorFlow: darts_tf turns TensorFlow's oneDNN CPU kernels on where
+# TensorFlow's own default leaves them off (darts_tf/__init__.py, `_prefer_onednn`).
+import darts_tf  # noqa: E402,F401  pylint: disable=unused-import,wrong-import-position
