@@ -131,10 +131,11 @@ def grouped_conv_as_matmul(groups: int, dtype) -> bool:
     """Whether a grouped 1x1 conv is computed as a batched matmul per group (the same function).
 
     TensorFlow's CPU kernels have no float16 gradient for grouped convolutions, none for
-    float64 (which oneDNN does not run), and none at all without oneDNN
-    (TF_ENABLE_ONEDNN_OPTS=0).
+    float64 (which oneDNN does not run), none for bfloat16 where oneDNN cannot run it (CPUs
+    without AVX-512: "filter_size does not have enough elements", seen on an AVX2 AMD
+    EPYC), and none at all without oneDNN (TF_ENABLE_ONEDNN_OPTS=0).
     """
-    return groups > 1 and (dtype in (tf.float16, tf.float64) or not onednn_enabled())
+    return groups > 1 and (dtype != tf.float32 or not onednn_enabled())
 
 
 def conv2d(x, kernel, stride: int = 1, padding: int = 0, dilation: int = 1) -> tf.Tensor:
@@ -251,7 +252,11 @@ def depthwise_conv2d(x, kernel, stride: int = 1, padding: int = 0,
                                                 **_depthwise_padding(padding))
     spatial = x.shape[1:3]
     if stride == 1 and all(n is not None and (n + 2 * padding) % dilation == 0 for n in spatial):
-        if native_dilated_depthwise() and all(n % dilation == 0 for n in spatial):
+        # float32 only: oneDNN takes float16 / bfloat16 depthwise convs only on CPUs with
+        # AVX-512 (BF16, FP16); elsewhere TensorFlow's own kernel runs them, and refuses
+        # dilations (seen on an AVX2 AMD EPYC with oneDNN on).
+        if (x.dtype == tf.float32 and native_dilated_depthwise()
+                and all(n % dilation == 0 for n in spatial)):
             return _depthwise_stride_1(x, kernel, padding, dilation)
         block, pads = [dilation, dilation], [[padding, padding], [padding, padding]]
         phases = tf.space_to_batch_nd(x, block, pads)
