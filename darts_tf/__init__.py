@@ -32,7 +32,7 @@ def _prefer_onednn() -> None:
     or AMX;
     elsewhere (AVX2 CPUs: most AMD EPYCs before Zen 4, older Intel Xeons) it runs its Eigen
     kernels, with which the search step took 2.3x and the retraining step 1.9x as long
-    (BENCHMARKS.md, "oneDNN on CPUs without AVX-512"). TensorFlow reads the setting once,
+    (BENCHMARKS.md, "oneDNN on a CPU without AVX-512"). TensorFlow reads the setting once,
     when it is imported, so it is set here, before darts_tf imports TensorFlow; after
     TensorFlow has been imported it is too late, and `kernels.onednn_enabled` warns when
     the kernels are off. `TF_ENABLE_ONEDNN_OPTS=0` (or 1) in the environment wins.
