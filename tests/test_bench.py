@@ -249,3 +249,21 @@ def test_kinds_table_gives_each_kind_on_both_sides_and_the_reference_outside_its
                          "| **step (wall), profiled** | 12.00 | 3.00 | 4.00x |",
                          "| step without the profiler (the warm-up's second) | 10.00 | 2.50 |"
                          " 4.00x |"]
+
+
+def test_pointwise_conv_bench_compares_equal_computations(monkeypatch, capsys):
+    """bench/pointwise_conv.py times three matmuls against the 1x1 conv kernels: they must
+    compute the same tensors (else the timing compares different work), and each row must
+    carry both times for each kernel."""
+    import json  # pylint: disable=import-outside-toplevel
+    import pointwise_conv  # pylint: disable=import-outside-toplevel
+    monkeypatch.setattr(sys, "argv", ["pointwise_conv.py", "--repeats=2",
+                                      "--shapes=2x4x3x5x7,3x2x2x8x4"])
+    pointwise_conv.main()
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [row.get("shape") for row in rows[:2]] == [[2, 4, 3, 5, 7], [3, 2, 2, 8, 4]]
+    for row in rows[:2]:
+        for kernel in ("forward", "filter", "input"):
+            assert row[f"{kernel}_conv_ms"] > 0 and row[f"{kernel}_matmul_ms"] > 0
+            assert row[f"{kernel}_max_abs_diff"] < 1e-4
+    assert "cpu" in rows[2] and isinstance(rows[2]["onednn"], bool)
