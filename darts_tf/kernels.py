@@ -138,6 +138,24 @@ def grouped_conv_as_matmul(groups: int, dtype) -> bool:
     return groups > 1 and (dtype != tf.float32 or not onednn_enabled())
 
 
+# The largest number of pixels (H x W) at which an ungrouped 1x1 conv is a matmul. oneDNN's
+# filter gradient of a 1x1 conv on 8x8 maps takes 1.2-2.2x a matmul's time on the
+# retraining and search networks' shapes, its forward and input gradient about as long;
+# at 16x16 and above its kernels tie or win (bench/pointwise_conv.py, BENCHMARKS.md).
+POINTWISE_MATMUL_MAX_PIXELS = 64
+
+
+def pointwise_as_matmul(x_shape, kernel_shape, stride: int = 1, padding: int = 0) -> bool:
+    """Whether `conv2d` of an input of `x_shape` (NHWC) with a filter of `kernel_shape` is
+    computed as one matmul of the (N*H*W, C) input with the (C, C') filter (the same
+    function, and its gradients are matmuls too): an ungrouped 1x1 conv at stride 1 without
+    padding on small maps (`POINTWISE_MATMUL_MAX_PIXELS`)."""
+    height, width = x_shape[1], x_shape[2]
+    return (tuple(kernel_shape[:2]) == (1, 1) and stride == 1 and not padding
+            and kernel_shape[2] == x_shape[-1] and height is not None and width is not None
+            and height * width <= POINTWISE_MATMUL_MAX_PIXELS)
+
+
 def conv2d(x, kernel, stride: int = 1, padding: int = 0, dilation: int = 1) -> tf.Tensor:
     """A full or grouped convolution with PyTorch padding semantics.
 
@@ -160,6 +178,9 @@ def conv2d(x, kernel, stride: int = 1, padding: int = 0, dilation: int = 1) -> t
         kg = tf.transpose(tf.reshape(kernel, [c_in, groups, c_out]), [1, 0, 2])
         y = tf.einsum("nhwgc,gcd->nhwgd", xg, kg)
         return tf.reshape(y, [-1, x.shape[1], x.shape[2], groups * c_out])
+    if pointwise_as_matmul(x.shape, kernel.shape, stride, padding):
+        y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), tf.reshape(kernel, kernel.shape[2:]))
+        return tf.reshape(y, [-1, x.shape[1], x.shape[2], kernel.shape[3]])
     pads = [[0, 0], [padding, padding], [padding, padding], [0, 0]]
     return tf.nn.conv2d(x, kernel, strides=stride, padding=pads if padding else "VALID",
                         dilations=dilation)
@@ -374,6 +395,11 @@ def pointwise_input_grad(upstream, kernel, channels: int) -> tf.Tensor:
         g = tf.reshape(upstream, [-1, upstream.shape[1], upstream.shape[2], groups, c_out])
         kg = tf.transpose(tf.reshape(kernel, [c_in, groups, c_out]), [1, 0, 2])
         x_grad = tf.einsum("nhwgd,gcd->nhwgc", g, kg)
+        return tf.reshape(x_grad, [-1, upstream.shape[1], upstream.shape[2], channels])
+    if pointwise_as_matmul(upstream.shape[:3] + [channels], kernel.shape):
+        x_grad = tf.matmul(tf.reshape(upstream, [-1, upstream.shape[-1]]),
+                           tf.reshape(kernel, kernel.shape[2:]),
+                           transpose_b=True)
         return tf.reshape(x_grad, [-1, upstream.shape[1], upstream.shape[2], channels])
     if upstream.shape[:3].is_fully_defined():  # the usual case: a constant, no shape ops
         sizes = tf.constant(upstream.shape[:3].as_list() + [channels], tf.int32)

@@ -1,4 +1,7 @@
-"""The side-by-side benchmark's arithmetic (bench/compare_reference.py) and its process clock."""
+"""The benchmarks' own logic: the side-by-side benchmark's arithmetic, lockstep and profile
+tables (bench/compare_reference.py), the process clock (bench/proc_clock.py), the allocator
+replay (bench/profile_step.py) and the 1x1 conv kernels' comparison (bench/pointwise_conv.py).
+Timings themselves are not asserted: they live in BENCHMARKS.md."""
 import os
 import subprocess
 import sys

@@ -261,6 +261,42 @@ def test_factorized_reduce_is_the_two_strided_paths(size, groups, dtype):
         np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("size,dtype,expected_op", [
+    (8, "float64", "MatMul"), (8, "float16", "MatMul"),  # small maps: a matmul
+    (9, "float64", "Conv2D"),  # 81 pixels: TensorFlow's conv
+])
+def test_pointwise_conv_and_its_input_grad_match_tensorflow_conv(size, dtype, expected_op):
+    """kernels.conv2d of an ungrouped 1x1 conv (a matmul on maps of at most
+    POINTWISE_MATMUL_MAX_PIXELS pixels) and kernels.pointwise_input_grad against
+    tf.nn.conv2d and its gradients: values, input and filter gradients."""
+    rng = np.random.default_rng(size)
+    x = tf.constant(rng.normal(size=(3, size, size, 6)), dtype)
+    kernel = tf.constant(rng.normal(size=(1, 1, 6, 5)), dtype)
+    upstream = tf.constant(rng.normal(size=(3, size, size, 5)), dtype)
+
+    def derivatives(conv, x, kernel, upstream):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel])
+            y = conv(x, kernel)
+        return [y, *tape.gradient(y, [x, kernel], output_gradients=upstream)]
+
+    graph = tf.function(lambda: kernels.conv2d(x, kernel)).get_concrete_function().graph
+    op_types = {op.type for op in graph.get_operations()}
+    assert expected_op in op_types and not {"MatMul", "Conv2D"} - {expected_op} & op_types
+    assert kernels.pointwise_as_matmul(x.shape, kernel.shape) == (expected_op == "MatMul")
+    ours = derivatives(kernels.conv2d, x, kernel, upstream)
+    theirs = derivatives(lambda x, kernel: tf.nn.conv2d(x, kernel, 1, "VALID"),
+                         *(tf.cast(t, tf.float32) for t in (x, kernel, upstream)))
+    ours.append(kernels.pointwise_input_grad(upstream, kernel, 6))
+    theirs.append(theirs[1])
+    tol = 1e-5 if dtype == "float64" else 2e-2
+    for name, a, b in zip(["y", "dx", "dkernel", "input_grad"], ours, theirs):
+        assert a.dtype == x.dtype, name
+        scale = float(tf.reduce_max(tf.abs(b)))
+        np.testing.assert_allclose(tf.cast(a, tf.float32).numpy(), b.numpy(), rtol=tol,
+                                   atol=tol * scale, err_msg=name)
+
+
 @pytest.mark.parametrize("size,padding,dilation,native,batch", [
     (8, 1, 1, True, 3), (8, 2, 1, True, 3), (8, 0, 1, True, 3),  # sep conv 3x3 / 5x5, VALID
     (16, 2, 2, True, 3), (16, 4, 2, True, 3),  # dil conv 3x3 / 5x5: oneDNN's dilated kernel
