@@ -26,6 +26,9 @@ setup(
         # The LiteRT interpreter that runs exported .tflite files (tf.lite.Interpreter is
         # deprecated in its favour since TF 2.19).
         "ai-edge-litert",
+        # ml_dtypes 0.7.0 takes 1.3 s to import (0.6.0: 0.01 s; measured on an AMD EPYC,
+        # 2026-12-04, BENCHMARKS.md), and TensorFlow imports it in every process.
+        "ml_dtypes>=0.5.1,<0.7",
     ],
     extras_require={"test": ["pytest", "pytest-xdist"]},
     entry_points={
