@@ -5,13 +5,15 @@ r"""The 1x1 convolution and its two gradients: TensorFlow's conv kernels against
 A 1x1 convolution of an NxHxWxC input to C' channels is a matmul of the (N*H*W, C) input
 with the (C, C') filter; its filter gradient is input^T @ upstream, its input gradient
 upstream @ filter^T. Per shape NxHxWxCxC' (the retraining network's preprocessing and
-separable-conv pointwise convs at batch 96, cells at 32x32, 16x16 and 8x8; the search's at
-batch 16), the median milliseconds per call of one traced function each:
+separable-conv pointwise convs at batch 96, cells at 32x32, 16x16 and 8x8, and smaller maps;
+the search's at batch 16), the median milliseconds per call of one traced function each:
   forward   tf.nn.conv2d (oneDNN's convolution when oneDNN is on)  against tf.matmul
   filter    Conv2DBackpropFilter                                   against tf.matmul
   input     Conv2DBackpropInput                                    against tf.matmul
 and the largest absolute difference between the two (float32 sums in another order). One
-JSON line per shape, then the CPU model, whether oneDNN is on, and the load.
+JSON line per shape, then the CPU model, whether oneDNN is on, and the load. These timings
+set `darts_tf.kernels.POINTWISE_MATMUL_MAX_PIXELS` (ungrouped 1x1 convs on maps up to 8x8 are
+matmuls in darts-tf: BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ import darts_tf  # noqa: E402,F401  (before TensorFlow: it sets its oneDNN defau
 import proc_clock  # noqa: E402  pylint: disable=wrong-import-position
 
 SHAPES = ("96x32x32x36x36,96x32x32x108x36,96x16x16x72x72,96x16x16x216x72,"
-          "96x8x8x144x144,96x8x8x432x144,16x32x32x64x16,16x8x8x64x64")
+          "96x8x8x144x144,96x8x8x432x144,96x8x8x576x144,96x4x4x144x144,96x2x2x128x128,"
+          "16x32x32x64x16,16x16x16x64x32,16x8x8x64x64")
 
 
 def main():
