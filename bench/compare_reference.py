@@ -280,7 +280,8 @@ def ours_step(config: str, steps: int):
     # Before TensorFlow: search_step imports darts_tf, which sets TensorFlow's oneDNN default.
     import search_step  # pylint: disable=import-outside-toplevel  (beside this script)
     import numpy as np  # pylint: disable=import-outside-toplevel
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    tf = search_step.import_tensorflow()  # as the CLI and search_step.py
 
     kind, batch = config.split(",")
     batch = int(batch)

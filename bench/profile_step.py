@@ -47,6 +47,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import darts_tf  # noqa: E402,F401  (before TensorFlow: it sets its oneDNN default)
+from trainers.runtime.startup import import_tensorflow  # noqa: E402  pylint: disable=wrong-import-position
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("DARTS_TF_STEP_CACHE", "off")  # a cold start unless told otherwise
 
@@ -85,7 +86,7 @@ KIND_OF = {op: kind for kind, ops in KINDS.items() for op in ops}
 
 def _trainer(config_text: str):
     import numpy as np  # pylint: disable=import-outside-toplevel
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf = import_tensorflow()  # as the CLI: without Keras' sklearn and pyplot extras
 
     import darts_tf  # pylint: disable=import-outside-toplevel
     import search_step  # pylint: disable=import-outside-toplevel
@@ -114,7 +115,7 @@ def _trainer(config_text: str):
 def startup(config_text: str) -> dict:
     parts = {"interpreter": proc_clock.process_age_s()}
     start = time.time()
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf = import_tensorflow()  # as the CLI: without Keras' sklearn and pyplot extras
     parts["import tensorflow"] = time.time() - start
     start = time.time()
     import configs  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
@@ -264,7 +265,7 @@ def _retrain_stepper(config_text: str):
     cells, auxiliary head, drop path; batch 96 unless given) and its step;
     `retrain_recompute[,BATCH]` the same with `--recompute`."""
     import numpy as np  # pylint: disable=import-outside-toplevel
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf = import_tensorflow()  # as the CLI: without Keras' sklearn and pyplot extras
 
     import retrain_step  # pylint: disable=import-outside-toplevel
 
@@ -288,7 +289,7 @@ def _stepper(config_text: str):
 
 
 def profile(config_text: str, steps: int, top: int) -> dict:
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf = import_tensorflow()  # as the CLI: without Keras' sklearn and pyplot extras
 
     step, arguments = _stepper(config_text)
     for _ in range(2):  # the second one timed: a step without the profiler, for comparison

@@ -27,13 +27,14 @@ os.environ.setdefault("DARTS_TF_STEP_CACHE", "off")
 # The repository's root, so that darts_tf, trainers and configs import without installing.
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import darts_tf  # noqa: E402,F401  (before TensorFlow: it sets its oneDNN default)
+from trainers.runtime.startup import import_tensorflow  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def build_trainer(batch: int, graph_optimization: str = "auto", recompute: bool = False):
     """The benchmark's retraining trainer (NetworkCIFAR DARTS_V2, the paper's recipe),
     with drop path at half its final rate, as mid-run (bench/compare_reference.py times
     the same one)."""
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf = import_tensorflow()  # as the CLI: without Keras' sklearn and pyplot extras
 
     import darts_tf  # pylint: disable=import-outside-toplevel
     from trainers import retrain  # pylint: disable=import-outside-toplevel
@@ -61,7 +62,7 @@ def main():
     args = parser.parse_args()
 
     import numpy as np  # pylint: disable=import-outside-toplevel
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf = import_tensorflow()  # as the CLI: without Keras' sklearn and pyplot extras
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import proc_clock  # pylint: disable=import-outside-toplevel

@@ -55,6 +55,7 @@ os.environ.setdefault("DARTS_TF_STEP_CACHE", "off")
 # The repository's root, so that darts_tf, trainers and configs import without installing.
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import darts_tf  # noqa: E402,F401  (before TensorFlow: it sets its oneDNN default)
+from trainers.runtime.startup import import_tensorflow  # noqa: E402  pylint: disable=wrong-import-position
 
 ORDERS = {"first_order": {"unrolled": False},
           "second_order_fd": {"unrolled": True, "hessian": "finite_difference"},
@@ -95,6 +96,7 @@ def _models(darts_tf, options=None):
 def build_trainer(order: str, batch: int, method: str = "darts", model: str = "reference"):
     """(trainer, input shape, description, model_fn): the benchmark's search trainer for one
     configuration (bench/compare_reference.py times the same one)."""
+    import_tensorflow()  # before trainers.search imports it
     import darts_tf  # pylint: disable=import-outside-toplevel
     from trainers import search  # pylint: disable=import-outside-toplevel
     from configs import SearchConfig  # pylint: disable=import-outside-toplevel
@@ -108,7 +110,7 @@ def build_trainer(order: str, batch: int, method: str = "darts", model: str = "r
 def run_one(order: str, batch: int, steps: int, model: str = "reference",
             method: str = "darts") -> dict:
     import numpy as np  # pylint: disable=import-outside-toplevel
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf = import_tensorflow()  # as the CLI: without Keras' sklearn and pyplot extras
 
     import darts_tf  # pylint: disable=import-outside-toplevel
 
@@ -197,7 +199,7 @@ def interleave(specs, steps: int) -> dict:
 def _batch_pair(rng, batch: int, shape):
     """A (train, validation) pair of random batches: images of `shape`, labels of 10 classes."""
     import numpy as np  # pylint: disable=import-outside-toplevel
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf = import_tensorflow()  # as the CLI: without Keras' sklearn and pyplot extras
 
     def one():
         return (tf.constant(rng.normal(size=(batch, *shape)).astype(np.float32)),
@@ -221,7 +223,7 @@ def _allocator_peak_gb(tf):
 
 
 def matmul_gflops(n: int = 4096, repeats: int = 10) -> float:
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf = import_tensorflow()  # as the CLI: without Keras' sklearn and pyplot extras
 
     a = tf.random.normal((n, n))
     f = tf.function(lambda x: tf.matmul(x, x))

@@ -202,6 +202,36 @@ def test_tensorflow_start_up_lines_are_hidden_unless_verbose(tmp_path):
     assert verbose[-1] == quiet[0] and len(verbose) > 1, verbose
 
 
+def test_programs_import_tensorflow_without_keras_sklearn_and_pyplot():
+    """Keras imports scikit-learn and matplotlib.pyplot with TensorFlow whenever they are
+    installed (1.7 s of start-up, BENCHMARKS.md); the programs' start-up leaves them out, and
+    the digits data and the cell drawings still import them when needed."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    extras = "('sklearn', 'matplotlib', 'matplotlib.pyplot')"
+
+    def loaded(script):
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                              text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.splitlines()[-1])
+
+    plain = loaded(f"import json, sys; import tensorflow\n"
+                   f"print(json.dumps([m for m in {extras} if m in sys.modules]))")
+    assert plain == ["sklearn", "matplotlib", "matplotlib.pyplot"]  # what Keras does
+    after = loaded(
+        "import json, sys\n"
+        "from trainers import cli\n"
+        "cli._start_tensorflow(0)\n"
+        f"at_start = [m for m in {extras} if m in sys.modules]\n"
+        "from trainers.data import sources\n"
+        "(x, y), (xt, yt) = sources.digits_arrays()\n"
+        "import os, tempfile, darts_tf\n"
+        "from darts_tf import plot\n"
+        "png = plot.plot_genotype(darts_tf.genotypes.DARTS_V2, os.path.join(tempfile.mkdtemp(), 'c.png'))\n"
+        "print(json.dumps([at_start, x.shape[0], xt.shape[0], open(png, 'rb').read(4).hex()]))")
+    assert after == [[], 1437, 360, "89504e47"]  # the split's sizes; a PNG's signature
+
+
 def test_help_lists_the_config_fields(capsys):
     status, out, _ = _call(capsys, "search", "--help")
     assert status == 0 and "darts-search" in out

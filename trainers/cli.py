@@ -171,7 +171,9 @@ def _start_tensorflow(verbosity: int, strategy: str = "default") -> None:
     if verbosity < 1:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with _native_stderr_hidden(verbosity < 1):
-        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        from trainers.runtime import startup  # pylint: disable=import-outside-toplevel
+
+        tf = startup.import_tensorflow()  # without Keras' scikit-learn and pyplot extras
         from trainers.runtime import distribute  # pylint: disable=import-outside-toplevel
 
         if strategy == "multi_worker":
