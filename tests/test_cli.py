@@ -2,7 +2,7 @@
 exit status 2, the shared default preset, the pipeline's overrides, quiet TensorFlow start-up.
 
 The programs run in this process (`cli.X_main(argv)` is what the console scripts call),
-except the start-up test, which needs a fresh TensorFlow.
+except the start-up tests, which need a fresh TensorFlow.
 """
 import json
 import os
