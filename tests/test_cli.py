@@ -213,7 +213,6 @@ def test_programs_import_tensorflow_without_keras_sklearn_and_pyplot():
         "from trainers import cli\n"
         "cli._start_tensorflow(0)\n"
         "at_start = [m for m in ('sklearn', 'matplotlib', 'matplotlib.pyplot') if m in sys.modules]\n"
-        "import keras\n"
         "from trainers.data import sources\n"
         "(x, y), (xt, yt) = sources.digits_arrays()\n"
         "import os, tempfile, darts_tf\n"

@@ -36,6 +36,7 @@ def import_tensorflow():
     for name in hidden:
         sys.modules[name] = None  # `import name` raises ImportError while this holds
     try:
+        # Keras named too: TensorFlow imports it today, but only Keras imports the extras.
         import keras  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
     finally:
