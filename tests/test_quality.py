@@ -2,8 +2,8 @@
 
 The sampler is checked on 1,000 cells (the space's rules and uniform marginals); the
 oracle by a two-trial tuner run on tiny digits; the study script by a tiny run through
-its main() (2 folds, 1 epoch, C=4, 3 cells), a second identical run (nothing new), and
-`--report` from the command line rebuilding QUALITY.md's table from the JSONL alone.
+its main() (2 folds, 1 epoch, C=4, 3 cells of 1 node), a second identical run (nothing
+new), and `--report` from the command line rebuilding QUALITY.md's table from the JSONL alone.
 """
 import itertools
 import json
@@ -174,10 +174,10 @@ def test_fold_pipeline_is_the_retraining_pipeline():
 # bench/quality.py ------------------------------------------------------------------------
 
 TINY = ["--methods=darts_1st,random,spread", "--seeds=0", "--limit=200", "--folds=2",
-        "--retrain_epochs=1", "--random_trials=2", "--random_epochs=1", "--spread_seeds=0,1",
+        "--retrain_epochs=1", "--random_trials=1", "--random_epochs=1", "--spread_seeds=0,1",
         "--search_set", "epochs=1", "--search_set", "steps_per_epoch=1", "--search_set",
         "batch_size=32", "--search_set", "init_channels=4", "--search_set", "num_cells=3",
-        "--search_set", "num_nodes=2", "--search_set", "monitor_iterations=1",
+        "--search_set", "num_nodes=1", "--search_set", "monitor_iterations=1",
         "--search_set", "monitor_chunk=null", "--retrain_set", "init_channels=4",
         "--retrain_set", "num_cells=3", "--retrain_set", "batch_size=32",
         "--retrain_set", "steps_per_epoch=2"]
@@ -215,14 +215,14 @@ def test_tiny_study_records_every_unit(study):
         assert r["cpu_s"] > 0 and r["wall_s"] > 0
         genotype = Genotype.from_dict(r["genotype"])
         if r["kind"] == "search":
-            assert genotype.num_nodes == 2 and set(r["monitor"]) == set(quality_report.MONITOR)
+            assert genotype.num_nodes == 1 and set(r["monitor"]) == set(quality_report.MONITOR)
         else:
             assert r["test_count"] == 100 and r["train_count"] == 100  # 2 folds of 200
             assert 0 <= r["errors"] <= 100 and r["params"] > 0 and r["epochs"] == 1
     darts = next(r for r in records if r["kind"] == "search" and r["method"] == "darts_1st")
     assert darts["monitor"]["hessian_eigenvalue"] is not None and darts["epochs"] == 1
     random = next(r for r in records if r["kind"] == "search" and r["method"] == "random")
-    assert random["trials"] == 2 and random["monitor"]["hessian_eigenvalue"] is None
+    assert random["trials"] == 1 and random["monitor"]["hessian_eigenvalue"] is None
     folds = {r["fold"]: r for r in records if r["kind"] == "retrain"
              and r["method"] == "spread" and r["retrain_seed"] == 0}
     assert folds[0]["genotype"] == folds[1]["genotype"]

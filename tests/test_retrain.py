@@ -189,7 +189,7 @@ def test_schedules_follow_the_reference():
 
 def test_drop_path_variable_ramps_and_step_traces_once(tmp_path):
     config = TINY.replace(epochs=3, data_limit=64, batch_size=32)
-    result = retrain.run(config, str(tmp_path))
+    result = retrain.run(config, str(tmp_path), export=False)  # exports: the CLI run below
     assert [x["drop_path_prob"] for x in result.history] == pytest.approx(
         [0.2 * e / 3 for e in range(3)])
     assert [x["lr"] for x in result.history] == pytest.approx(
