@@ -254,7 +254,7 @@ def test_max_pool_second_derivative_is_the_same_on_every_call_and_right(stride):
 
 
 _EXACT_CHILD = """
-import hashlib, keras, numpy as np, tensorflow as tf
+import concurrent.futures, hashlib, keras, numpy as np, tensorflow as tf
 import darts_tf
 from trainers.runtime import distribute
 from trainers.search.architect import Architect
@@ -267,21 +267,32 @@ train, val = ((tf.constant(rng.normal(size=(4, 16, 16, 3)), tf.float32),
 arch = Architect(model, global_batch_size=4, unrolled=True, hessian="exact", momentum=0.9,
                  weight_decay=3e-4)
 step = tf.function(lambda: arch.gradients(train, val, lr=0.025).grads)
-with distribute.graph_optimization("fast"):  # the trainers' default on CPUs
-    for _ in range(10):
-        print(hashlib.sha256(b"".join(g.numpy().tobytes() for g in step())).hexdigest())
+
+
+def digest(_):
+    with distribute.graph_optimization("fast"):  # the trainers' default on CPUs
+        return hashlib.sha256(b"".join(g.numpy().tobytes() for g in step())).hexdigest()
+
+
+print(digest(None))  # traced and run alone
+with concurrent.futures.ThreadPoolExecutor(2) as pool:  # two at a time: another op order
+    for result in pool.map(digest, range(10)):
+        print(result)
 """
 
 
 def test_exact_hypergradient_is_identical_on_every_call_in_a_fresh_process():
     """The exact second-order alpha gradient in the issue's setting (C=4, 3 cells, 4 nodes,
-    all 8 ops, 16x16, batch 4), ten calls in a fresh process, under the trainers' CPU graph
-    optimisation ("fast": the graph optimiser's first call takes 10 s here against 31 s for
-    "full"): one result, to the bit. Before the max-pool fix, 2 or 3 distinct results (about
-    1% apart) in most runs of this test; with the fix taken out again, 3 distinct results in
-    ten calls of one process in "fast". (It ran two processes with different hash seeds
-    until the suite had to shrink: one process caught the fault as well, and the max-pool
-    tests above check its cause directly.)"""
+    all 8 ops, 16x16, batch 4) under the trainers' CPU graph optimisation ("fast"), in a
+    fresh process: one call alone, then ten from two threads at once. One result, to the bit.
+
+    The max-pool fault (fixed in kernels._max_pool_3x3_same) shows only when the executor
+    runs the ops in another order. With the fix taken out (2026-12-04, 2-core AMD EPYC):
+    this test saw 2 distinct results in each of 2 runs (the concurrent calls agreeing with
+    each other, not with the call alone); ten calls in a row gave 1 result in a process
+    alone and 3-4 in each of two processes run at the same time, which is how this test ran
+    until the second thread took the second process's place (the test takes 72 s alone
+    here; two processes took 108 s in the suite)."""
     import os
     import subprocess
     import sys
@@ -293,5 +304,5 @@ def test_exact_hypergradient_is_identical_on_every_call_in_a_fresh_process():
         env={**os.environ, "PYTHONPATH": str(root), "PYTHONHASHSEED": "0"}, timeout=300,
         check=False)
     assert child.returncode == 0, child.stderr[-2000:]
-    digests = child.stdout.split()[-10:]
-    assert len(digests) == 10 and len(set(digests)) == 1, digests
+    digests = child.stdout.split()[-11:]
+    assert len(digests) == 11 and len(set(digests)) == 1, digests
