@@ -259,7 +259,7 @@ import darts_tf
 from trainers.runtime import distribute
 from trainers.search.architect import Architect
 keras.utils.set_random_seed(0)
-model = darts_tf.Supernet(10, init_channels=4, num_cells=3, num_nodes=4, input_channels=3)
+model = darts_tf.Supernet(10, init_channels=4, num_cells=3, num_nodes=2, input_channels=3)
 model.build((None, 16, 16, 3))
 rng = np.random.default_rng(0)
 train, val = ((tf.constant(rng.normal(size=(4, 16, 16, 3)), tf.float32),
@@ -282,17 +282,17 @@ with concurrent.futures.ThreadPoolExecutor(2) as pool:  # two at a time: another
 
 
 def test_exact_hypergradient_is_identical_on_every_call_in_a_fresh_process():
-    """The exact second-order alpha gradient in the issue's setting (C=4, 3 cells, 4 nodes,
-    all 8 ops, 16x16, batch 4) under the trainers' CPU graph optimisation ("fast"), in a
-    fresh process: one call alone, then ten from two threads at once. One result, to the bit.
+    """The exact second-order alpha gradient (C=4, 3 cells of 2 nodes, all 8 ops, 16x16,
+    batch 4) under the trainers' CPU graph optimisation ("fast"), in a fresh process: one
+    call alone, then ten from two threads at once. One result, to the bit.
 
     The max-pool fault (fixed in kernels._max_pool_3x3_same) shows only when the executor
     runs the ops in another order. With the fix taken out (2026-12-04, 2-core AMD EPYC):
-    this test saw 2 distinct results in each of 2 runs (the concurrent calls agreeing with
-    each other, not with the call alone); ten calls in a row gave 1 result in a process
-    alone and 3-4 in each of two processes run at the same time, which is how this test ran
-    until the second thread took the second process's place (the test takes 72 s alone
-    here; two processes took 108 s in the suite)."""
+    this child gave 2 and 3 distinct results in 2 runs (the concurrent calls mostly agreeing
+    with each other, not with the call alone); with 4 nodes, 2 in each of 3 runs. Ten calls
+    in a row instead gave 1 result in a process alone and 3-4 in each of two processes run
+    at the same time, which is how this test ran (4 nodes, 108 s in the suite) until the
+    second thread took the second process's place (2 nodes: 41-47 s alone)."""
     import os
     import subprocess
     import sys
