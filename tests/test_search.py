@@ -220,13 +220,11 @@ def _run(workdir, config=RUN_CONFIG):
     return search.run(config, workdir, model_fn=tiny_model_fn(config))
 
 
-def kill_mid_epoch(workdir, config=RUN_CONFIG):
-    """Runs `config` (tiny supernet) in a child process, slowed down, and SIGKILLs it as soon
-    as it has written a checkpoint: mid-epoch 0. `_run(workdir, config)` then resumes it."""
-    args = [sys.executable, __file__, str(workdir)]
-    if config != RUN_CONFIG:
-        args.append(config.to_json())
-    child = subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+def kill_mid_epoch(workdir):
+    """Runs RUN_CONFIG (tiny supernet) in a child process, slowed down, and SIGKILLs it as soon
+    as it has written a checkpoint: mid-epoch 0. `_run(workdir)` then resumes it."""
+    child = subprocess.Popen([sys.executable, __file__, str(workdir)], cwd=ROOT,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)},
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = Path(workdir) / "checkpoints" / "checkpoint"
     deadline = time.time() + 120
@@ -363,8 +361,8 @@ def test_bad_config_is_refused_before_anything_runs(tmp_path, reference, mirrore
 
 
 if __name__ == "__main__":
-    # The child of `kill_mid_epoch`: the same run (RUN_CONFIG, or the config JSON given),
-    # slowed down on the host side so that the parent's SIGKILL lands mid-epoch.
+    # The child of `kill_mid_epoch`: the same run (RUN_CONFIG), slowed down on the host side
+    # so that the parent's SIGKILL lands mid-epoch.
     _step = search.SearchTrainer.step
 
     def _slow_step(self, *batches):
@@ -373,7 +371,7 @@ if __name__ == "__main__":
         return result
 
     search.SearchTrainer.step = _slow_step
-    _run(sys.argv[1], SearchConfig.from_json(sys.argv[2]) if len(sys.argv) > 2 else RUN_CONFIG)
+    _run(sys.argv[1])
 
 
 def test_searches_a_user_defined_choice_space_and_exports_its_decisions(tmp_path):
