@@ -4,6 +4,7 @@ Two logical CPUs come from tests/conftest.py. Runs use a tiny supernet (3 cells,
 1 node, 4 candidate ops) on 8x8 digits; the replica tests use a smaller
 stand-in model, with or without batch norm.
 """
+import collections
 import functools
 import json
 import os
@@ -427,16 +428,17 @@ def test_jit_compile_option_computes_the_same_step():
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
 
-@pytest.mark.parametrize("hessian", ["finite_difference", "exact"])
-def test_second_order_traces_one_pass_and_computes_the_written_out_step(hessian):
-    """The second-order step's passes are one nested function, traced once for all steps
-    (start-up); the step computes the same update as with every pass written out."""
+@pytest.mark.parametrize("unrolled,hessian", [(False, "finite_difference"),
+                                               (True, "finite_difference"), (True, "exact")])
+def test_the_step_traces_one_pass_and_computes_the_written_out_step(unrolled, hessian):
+    """The step's passes (two in first order, four or five in second) are one nested
+    function, traced once for all steps (start-up); the step computes the same update as
+    with every pass written out."""
+    config = SearchConfig(batch_size=8, unrolled=unrolled, hessian=hessian)
     moved, traces = {}, {}
     for nested in (True, False):
         keras.utils.set_random_seed(0)
-        trainer = search.SearchTrainer(
-            tiny_supernet, SearchConfig(batch_size=8, unrolled=True, hessian=hessian),
-            input_shape=(8, 8, 1))
+        trainer = search.SearchTrainer(tiny_supernet, config, input_shape=(8, 8, 1))
         if not nested:
             trainer.architect._pass = None  # pylint: disable=protected-access
             for v, value in zip(trainer.model.variables, start):
@@ -446,18 +448,48 @@ def test_second_order_traces_one_pass_and_computes_the_written_out_step(hessian)
             trainer.step(train, val)
         moved[nested] = [v.numpy() for v in trainer.model.variables]
         traces[nested] = trainer.step_traces
-    # Five passes per step (four with the exact product), one trace of the pass in all.
-    assert trainer.architect.unrolled and traces == {True: 1, False: 1}
+    assert trainer.architect.unrolled == unrolled and traces == {True: 1, False: 1}
     keras.utils.set_random_seed(0)
-    nested_trainer = search.SearchTrainer(
-        tiny_supernet, SearchConfig(batch_size=8, unrolled=True, hessian=hessian),
-        input_shape=(8, 8, 1))
+    nested_trainer = search.SearchTrainer(tiny_supernet, config, input_shape=(8, 8, 1))
     for train, val in _batches(2):
         nested_trainer.step(train, val)
     assert nested_trainer.architect._pass.experimental_get_tracing_count() == 1  # pylint: disable=protected-access
     assert max(np.abs(a - b).max() for a, b in zip(moved[True], start)) > 1e-3
     for a, b in zip(moved[True], moved[False]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_all_reduce_adds_no_op_with_one_replica_and_reduces_over_two(mirrored):
+    """distribute.all_reduce: with one replica the values themselves, without the default
+    context's copies of every output of the ops behind them; with two replicas their sum or
+    mean."""
+    sum_, mean = tf.distribute.ReduceOp.SUM, tf.distribute.ReduceOp.MEAN
+
+    def ops_traced(reduce):
+        fn = tf.function(lambda x: reduce(sum_, tf.split(x * 2.0, 2)), autograph=False)
+        graph = fn.get_concrete_function(tf.TensorSpec([4])).graph
+        return collections.Counter(op.type for op in graph.get_operations())
+
+    ours = ops_traced(distribute.all_reduce)
+    theirs = ops_traced(lambda op, v: tf.distribute.get_replica_context().all_reduce(op, v))
+    # x, 2.0, the product, the split axis, the split, one identity per returned value.
+    assert ours == {"Placeholder": 1, "Const": 2, "Mul": 1, "Split": 1, "Identity": 2}
+    assert theirs["Identity"] > ours["Identity"] and theirs["IdentityN"] >= 1
+    x = tf.constant([1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_array_equal(
+        [t.numpy() for t in distribute.all_reduce(sum_, tf.split(x, 2))], [[1, 2], [3, 4]])
+
+    @tf.function(autograph=False)
+    def on_two_replicas():
+        def replica():
+            ctx = tf.distribute.get_replica_context()
+            value = tf.cast(ctx.replica_id_in_sync_group, tf.float32) + 1.0  # 1 and 2
+            return distribute.all_reduce(sum_, value), distribute.all_reduce(mean, [value])[0]
+        return mirrored.run(replica)
+
+    summed, averaged = on_two_replicas()
+    assert [float(t) for t in mirrored.experimental_local_results(summed)] == [3.0, 3.0]
+    assert [float(t) for t in mirrored.experimental_local_results(averaged)] == [1.5, 1.5]
 
 
 def test_shared_variable_kernels_drop_only_the_eager_handles_debug_name(tmp_path, monkeypatch):

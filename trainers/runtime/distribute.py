@@ -64,6 +64,22 @@ def is_chief(strategy) -> bool:
             and "chief" not in resolver.cluster_spec().as_dict())
 
 
+def all_reduce(reduce_op, values):
+    """`values` (a tensor or a nest of them) reduced across the replicas of the current
+    replica context, as `ReplicaContext.all_reduce`; with one replica, `values` as they are.
+
+    One replica's sum or mean is the value itself, but the default replica context's
+    all_reduce is an identity under a `tf.custom_gradient`, which in graph mode copies
+    every output of the ops that made the values and walks the graph back from them: on
+    the search step's weight gradients and batch-norm statistics 1,153 Identity ops, traced
+    and then pruned (BENCHMARKS.md, "One traced pass in first order too").
+    """
+    ctx = tf.distribute.get_replica_context()
+    if ctx.num_replicas_in_sync == 1:
+        return tf.nest.map_structure(lambda t: t, values)
+    return ctx.all_reduce(reduce_op, values)
+
+
 def worker_name(strategy) -> str | None:
     """"{task_type}_{task_id}" of a non-chief worker; None for the chief (or no cluster)."""
     if is_chief(strategy):

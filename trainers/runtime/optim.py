@@ -10,10 +10,21 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from trainers.runtime import distribute
+
 
 def global_norm(tensors):
     """sqrt(sum of squares) over a list of tensors (as torch.cat(...).norm())."""
-    return tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(t)) for t in tensors]))
+    axes = {}  # all axes, one constant per rank (not one per tensor: fewer ops to trace)
+
+    def all_axes(t):
+        rank = t.shape.rank
+        if rank is None:
+            return None
+        if rank not in axes:
+            axes[rank] = tf.constant(list(range(rank)), tf.int32)
+        return axes[rank]
+    return tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(t), all_axes(t)) for t in tensors]))
 
 
 def tf_variable(v):
@@ -54,43 +65,50 @@ class MomentumSGD(tf.Module):
                         name="momentum_" + v.path.replace("/", "_"))
             for v in variables]
 
-    def apply(self, grads, variables, lr, apply_if=None):
+    def apply(self, grads, variables, lr, apply_if=None, values=None):
         """One update, called on each replica with this replica's gradient share.
 
         `apply_if`: a boolean scalar, the same on every replica (e.g. "the gradients are
         finite" under loss scaling); when False, weights and buffers stay as they are.
+        `values`: the variables' values as this step read them (they are the same until
+        this update), for the weight decay; None: the decay reads the variables.
         """
         grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
-        grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        grads = distribute.all_reduce(tf.distribute.ReduceOp.SUM, grads)
         self._apply_if = apply_if
         if self.clip_norm:
             norm = global_norm(grads)
             coef = tf.minimum(self.clip_norm / (norm + 1e-6), 1.0)
             grads = [g * tf.cast(coef, g.dtype) for g in grads]
 
-        def update(strategy, grads):
+        def update(strategy, grads, values):
             scalars = {}  # (lr, momentum, weight decay) per dtype, made once: ~1,500 fewer
-            for var, buf, g in zip(variables, self.momentum_buffers, grads):  # ops to trace
+            for i, (var, buf, g) in enumerate(zip(variables, self.momentum_buffers, grads)):
                 if apply_if is None:  # one fused kernel per variable: fewer ops to trace
                     if var.dtype not in scalars:
-                        scalars[var.dtype] = (tf.cast(lr, var.dtype),
+                        # Read once: tf.cast of a variable to its own dtype returns the
+                        # variable, and each update would read it again (495 reads).
+                        scalars[var.dtype] = (tf.cast(tf.convert_to_tensor(lr), var.dtype),
                                               tf.constant(self.momentum, var.dtype),
                                               tf.constant(self.weight_decay, var.dtype))
+                    decayed = None if values is None else values[i]
                     strategy.extended.update(tf_variable(var), self._fused_update,
-                                             args=(buf, g, *scalars[var.dtype]), group=False)
+                                             args=(buf, g, decayed, *scalars[var.dtype]),
+                                             group=False)
                     continue
                 strategy.extended.update(buf, self._update_buffer, args=(g, tf_variable(var)),
                                          group=False)
                 strategy.extended.update(tf_variable(var), self._update_variable,
                                          args=(buf, lr), group=False)
-        tf.distribute.get_replica_context().merge_call(update, args=(grads,))
+        tf.distribute.get_replica_context().merge_call(update, args=(grads, values))
 
-    def _fused_update(self, var, buf, g, lr, momentum, weight_decay):
-        """buf = momentum * buf + (g + wd * var); var -= lr * buf, as one ApplyMomentum op.
+    def _fused_update(self, var, buf, g, decayed, lr, momentum, weight_decay):
+        """buf = momentum * buf + (g + wd * decayed); var -= lr * buf, as one ApplyMomentum
+        op; `decayed` is var's value read earlier in the step (None: read var here).
 
         `lr`, `momentum` and `weight_decay` are tensors of var's dtype."""
         if self.weight_decay:
-            g = g + weight_decay * var
+            g = g + weight_decay * (var if decayed is None else decayed)
         return tf.raw_ops.ResourceApplyMomentum(
             var=var.handle, accum=buf.handle, lr=lr, grad=g, momentum=momentum,
             use_locking=False, use_nesterov=False)
@@ -132,7 +150,7 @@ class Adam(tf.Module):
 
     def apply(self, grads, variables, apply_if=None):
         """One update, called on each replica with this replica's gradient share."""
-        grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        grads = distribute.all_reduce(tf.distribute.ReduceOp.SUM, grads)
         t = tf.cast(tf.convert_to_tensor(self.iterations) + 1, tf.float32)  # this step's t
 
         def update(strategy, grads):

@@ -43,6 +43,7 @@ import dataclasses
 import tensorflow as tf
 
 from darts_tf import search_space
+from trainers.runtime import distribute
 from trainers.runtime.losses import cross_entropy, global_mean
 from trainers.runtime.optim import global_norm
 
@@ -58,7 +59,7 @@ def _as_dtype(value, dtype):
 
 def _all_reduce_sum(tensors):
     """Sum across replicas (identity outside a strategy: the default replica context)."""
-    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tensors)
+    return distribute.all_reduce(tf.distribute.ReduceOp.SUM, tensors)
 
 
 @dataclasses.dataclass
@@ -109,13 +110,13 @@ class Architect:
         if len(self.arch_index) != len(arch_ids):
             raise ValueError("Some architecture variables are not trainable variables of "
                              f"model {model.name!r}.")
-        # Second order runs five passes; they are one traced function (gradients for the
-        # weights and the alphas, called five times) that is inlined where the step is
-        # instantiated, where the gradients a call does not use are pruned. So the graph that
-        # runs is the same as with the passes written out, but one pass is traced instead of
-        # five: tracing is most of the start-up (BENCHMARKS.md). First order runs each pass
-        # once, where a nested function only adds its overhead (+3 s, +0.15 GB measured).
-        self._pass = tf.function(self._loss_and_grads, autograph=False) if unrolled else None
+        # Every pass of the step (two in first order: alphas on the validation batch, weights
+        # on the training batch; five in second order) is one traced function, gradients for
+        # the weights and the alphas, that is inlined where the step is instantiated, where
+        # the gradients a call does not use are pruned. So the graph that runs is the same as
+        # with the passes written out, but one pass is traced instead of two or five: tracing
+        # is most of a cold start-up (BENCHMARKS.md, "One traced pass in first order too").
+        self._pass = tf.function(self._loss_and_grads, autograph=False)
 
     # Functional views of the model ---------------------------------------------------------
 
@@ -168,15 +169,17 @@ class Architect:
         grads = tape.gradient(target, sources, output_gradients=tf.cast(scale, target.dtype))
         return [None if g is None else g / tf.cast(scale, g.dtype) for g in grads]
 
-    def gradients(self, train_batch, val_batch, lr=None, momentum_buffers=None) -> ArchGradients:
+    def gradients(self, train_batch, val_batch, lr=None, momentum_buffers=None,
+                  values=None) -> ArchGradients:
         """The architecture gradient at the model's current values (see the module docstring).
 
         Runs on one replica. Args: `train_batch` and `val_batch` are (x, y) pairs
         (this replica's part); `lr` is xi (only used when unrolled);
         `momentum_buffers` the weight optimizer's buf per weight variable, in
-        `weight_variables` order (None: zeros).
+        `weight_variables` order (None: zeros); `values` the model's (weights, alphas,
+        non-trainables) as `read_values` gives them, if already read (None: read here).
         """
-        w, a, nt = self.read_values()
+        w, a, nt = self.read_values() if values is None else values
         if not self.unrolled:
             val_loss, val_logits, grads = self._loss_and_alpha_grads(w, a, nt, val_batch)
             return ArchGradients(grads, val_loss, val_logits)
