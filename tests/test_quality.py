@@ -296,3 +296,80 @@ def test_summary_statistics():
     half = stats.t.ppf(0.975, 2) / math.sqrt(3)
     assert row["ci"] == pytest.approx((2 - half, 2 + half))
     assert quality_report.interval([4.0])["ci"] is None
+
+
+def test_bf16_method_is_darts_1st_with_bfloat16_and_optional():
+    study = quality.Study.__new__(quality.Study)  # the configs only: no data loaded
+    args = quality.parse_args(["--out_dir=unused"])
+    study.protocol = quality.protocol_of(args)
+    f32, bf16 = study.search_config("darts_1st", 3), study.search_config("darts_1st_bf16", 3)
+    assert f32.mixed_precision is None and bf16.mixed_precision == "mixed_bfloat16"
+    assert bf16.replace(mixed_precision=None) == f32
+    assert "darts_1st_bf16" not in args.methods.split(",")  # not in a default study
+    assert quality.parse_args(["--out_dir=x", "--methods=darts_1st_bf16"]).methods == \
+        "darts_1st_bf16"
+    # The report lists it only once one of its searches is recorded.
+    protocol = {**study.protocol, "folds": 1}
+    search = {"kind": "search", "method": "darts_1st", "seed": 0, "cpu_s": 1.0, "wall_s": 2.0,
+              "monitor": dict.fromkeys(quality_report.MONITOR)}
+    retrain = {"kind": "retrain", "method": "darts_1st", "seed": 0, "cell": None,
+               "retrain_seed": 0, "fold": 0, "errors": 3, "test_count": 100, "params": 10}
+    methods = [r["method"] for r in quality_report.summarize([search, retrain], protocol)["methods"]]
+    assert "darts_1st_bf16" not in methods and methods[0] == "darts_1st"
+    records = [search, retrain, {**search, "method": "darts_1st_bf16"},
+               {**retrain, "method": "darts_1st_bf16", "errors": 5}]
+    rows = {r["method"]: r for r in quality_report.summarize(records, protocol)["methods"]}
+    assert rows["darts_1st"]["mean"] == 3.0 and rows["darts_1st_bf16"]["mean"] == 5.0
+
+
+# bench/compare_searches.py --------------------------------------------------------------
+
+
+def _search_dir(path, normal, reduce, genotype):
+    path.mkdir(parents=True)
+    for epoch, scale in ((0, 0.0), (1, 1.0)):  # the last epoch is the one compared
+        weights = {"alpha_normal": (scale * np.asarray(normal)).tolist(),
+                   "alpha_reduce": (scale * np.asarray(reduce)).tolist()}
+        (path / f"epoch_{epoch}.json").write_text(json.dumps({"arch_weights": weights}))
+    (path / "genotype.json").write_text(json.dumps(genotype.to_dict()))
+    return path
+
+
+def test_compare_searches_counts_agreement(tmp_path, capsys):
+    import compare_searches  # pylint: disable=import-outside-toplevel
+
+    rng = np.random.default_rng(0)
+    a_n, a_r = rng.random((14, 8)), rng.random((14, 8))
+    b_n, b_r = a_n.copy(), a_r.copy()
+    # Normal: edges 0-2 swap their two strongest non-`none` ops (top op differs there).
+    for e in range(3):
+        order = np.argsort(-a_n[e, 1:]) + 1
+        b_n[e, order[0]], b_n[e, order[1]] = a_n[e, order[1]], a_n[e, order[0]]
+    b_r = 1.0 - a_r  # reduce: every rank reversed: rho = -1 on every edge
+    g = random_genotype(0)
+    h = Genotype.from_dict({**g.to_dict(), "normal": [list(p) for p in g.normal[:2]]
+                            + [list(p) for p in random_genotype(1).normal[2:]]})
+    expected_shared = 8 + 2 + sum(  # reduce all 8, normal node 0, then what nodes 1-3 share
+        len([p for p in g.normal[i:i + 2] if p in h.normal[i:i + 2]]) for i in (2, 4, 6))
+    for seed, (n, r, gen) in enumerate(((a_n, a_r, g), (b_n, b_r, h))):
+        _search_dir(tmp_path / "a" / f"s{seed}", n, r, g)
+        _search_dir(tmp_path / "b" / f"s{seed}", n if seed else b_n, r if seed else b_r, gen)
+    # seed 0: a = (a_n, a_r, g), b = (b_n, b_r, g); seed 1: a = (b_n, b_r, g), b = (.., h).
+    result = compare_searches.main([f"--a={tmp_path}/a/s{{seed}}",
+                                    f"--b={tmp_path}/b/s{{seed}}", "--seeds=0,1"])
+    same = result["same_seed"]
+    assert same["0"]["top_op_normal"] == pytest.approx(11 / 14)
+    assert same["0"]["top_op_reduce"] == pytest.approx(
+        np.mean(np.argmax(a_r[:, 1:], 1) == np.argmin(a_r[:, 1:], 1)))
+    assert same["0"]["rho_reduce"] == pytest.approx(-1.0)
+    ranks = lambda x: np.argsort(np.argsort(x))  # no ties in random floats
+    rho = np.mean([np.corrcoef(ranks(x), ranks(y))[0, 1] for x, y in zip(a_n, b_n)])
+    assert same["0"]["rho_normal"] == pytest.approx(rho) and rho < 1.0
+    assert same["0"]["genotype"] == 1.0
+    assert same["1"]["top_op_normal"] == 1.0 and same["1"]["rho_reduce"] == pytest.approx(1.0)
+    assert same["1"]["genotype"] == pytest.approx(expected_shared / 16) and expected_shared < 16
+    assert result["other_seed"]["0,1"]["top_op_normal"] == pytest.approx(11 / 14)
+    table = capsys.readouterr().out
+    assert "| seed 0: a / b | 0.786 |" in table and "other seed** (1 pairs)" in table
+    with pytest.raises(SystemExit, match="no epoch_N.json"):
+        compare_searches.main([f"--a={tmp_path}/none", f"--b={tmp_path}/none", "--seeds=0"])
