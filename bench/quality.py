@@ -47,7 +47,7 @@ SEARCH_PRESETS = {"darts_1st": ("digits", {}), "darts_2nd": ("digits", {"unrolle
                   # darts_1st with bfloat16 compute (issue 15: does bfloat16 change what is found?)
                   "darts_1st_bf16": ("digits", {"mixed_precision": "mixed_bfloat16"})}
 METHODS = (*SEARCH_PRESETS, "random", "spread")
-DEFAULT_METHODS = tuple(m for m in METHODS if m != "darts_1st_bf16")
+DEFAULT_METHODS = tuple(m for m in METHODS if m not in report.OPTIONAL_METHODS)
 RESULTS, PROTOCOL = "results.jsonl", "protocol.json"
 
 
